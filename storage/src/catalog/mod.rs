@@ -1,0 +1,211 @@
+//! The catalog: the authority on what exists and where it lives.
+//!
+//! Topics and their configs, partitions (high watermark, log start, owner and owner epoch),
+//! extents (which offsets of a partition live in which byte range of which object), objects
+//! and brokers. The bytes in the object store say nothing about offsets that the catalog has
+//! not committed: a segment whose commit failed is garbage, not data.
+//!
+//! [`Catalog`] is the seam; [`SqlCatalog`] implements it for SQLite (embedded, the default)
+//! and PostgreSQL (shared by a cluster) with one schema and one set of statements, through
+//! sqlx's `Any` driver. Writing the SQL once means the two cannot drift; the few places where
+//! the engines differ (SQLite's pragmas, PostgreSQL's migration lock) are confined to
+//! [`sql`].
+//!
+//! **Fencing.** Every flush commit names the owner epoch under which its data was sequenced.
+//! The commit updates each partition's high watermark only where the stored epoch still
+//! matches *and* the high watermark equals the extent's base offset, all in one transaction.
+//! A broker that lost ownership (a newer epoch was claimed) therefore fails its commit as a
+//! whole; it can never interleave its data with the new owner's.
+
+mod sql;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+pub use sql::SqlCatalog;
+
+use crate::segment::ExtentMeta;
+use crate::types::{Epoch, Offset, PartitionId, TopicId, TopicPartition};
+
+/// What went wrong in the catalog.
+#[derive(Debug, Error)]
+pub enum CatalogError {
+    /// The database refused or failed a statement.
+    #[error("catalog database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A topic with that name exists already.
+    #[error("topic '{0}' already exists")]
+    TopicExists(String),
+    /// No topic has that name.
+    #[error("topic '{0}' does not exist")]
+    UnknownTopic(String),
+    /// A partition count that would shrink the topic or is out of range.
+    #[error("invalid partition count {requested} for topic '{topic}' (it has {current})")]
+    InvalidPartitions {
+        /// The topic.
+        topic: String,
+        /// Its current count.
+        current: i32,
+        /// What was asked for.
+        requested: i32,
+    },
+    /// A commit carried an owner epoch that is no longer current, or its extent does not start
+    /// at the partition's high watermark: another broker owns the partition now.
+    #[error("partition {tp} is fenced: commit under epoch {epoch} refused")]
+    Fenced {
+        /// The partition.
+        tp: TopicPartition,
+        /// The stale epoch.
+        epoch: Epoch,
+    },
+    /// The URL names no catalog engine this build knows.
+    #[error("unsupported catalog URL '{0}': use sqlite://PATH or postgres://...")]
+    BadUrl(String),
+    /// Stored data that cannot be interpreted (a malformed topic id, say).
+    #[error("catalog holds malformed data: {0}")]
+    Corrupt(String),
+}
+
+/// A topic as the catalog knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMeta {
+    /// The topic's id.
+    pub id: TopicId,
+    /// The topic's name.
+    pub name: String,
+    /// Number of partitions.
+    pub partitions: i32,
+    /// Configs set explicitly on the topic (defaults are not stored).
+    pub configs: BTreeMap<String, String>,
+}
+
+/// A partition's committed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionState {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// One past the last committed offset: what consumers can read up to.
+    pub high_watermark: Offset,
+    /// The first offset still retained.
+    pub log_start_offset: Offset,
+    /// The current owner epoch.
+    pub epoch: Epoch,
+}
+
+/// A committed extent: a run of offsets of one partition inside one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extent {
+    /// Where the run lives and what it holds.
+    pub meta: ExtentMeta,
+    /// The object's key in the object store.
+    pub object_key: String,
+}
+
+/// One flush, as committed: the object written and the extents it holds, each with the epoch
+/// it was sequenced under.
+#[derive(Debug, Clone)]
+pub struct FlushCommit {
+    /// The segment object's key.
+    pub object_key: String,
+    /// The object's size in bytes.
+    pub object_size: u64,
+    /// Extents in the object, with the owner epoch of their partition.
+    pub extents: Vec<(ExtentMeta, Epoch)>,
+}
+
+/// A registered broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerInfo {
+    /// The broker's id.
+    pub id: String,
+    /// The Kafka address it advertises.
+    pub kafka_addr: String,
+    /// Its zone, if set.
+    pub zone: Option<String>,
+    /// Last heartbeat, in ms since the epoch.
+    pub heartbeat_ms: i64,
+}
+
+/// The catalog's operations. Implementations must make [`Catalog::commit_flush`] atomic and
+/// fenced as the module docs describe.
+#[async_trait]
+pub trait Catalog: Send + Sync {
+    /// Creates a topic and its partitions (high watermark 0, epoch 0, no owner).
+    async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<TopicMeta, CatalogError>;
+
+    /// Deletes a topic, its partitions and extents. Its objects are left for garbage
+    /// collection, since other partitions' extents may share them.
+    async fn delete_topic(&self, name: &str) -> Result<TopicMeta, CatalogError>;
+
+    /// Every topic.
+    async fn list_topics(&self) -> Result<Vec<TopicMeta>, CatalogError>;
+
+    /// One topic by name.
+    async fn topic(&self, name: &str) -> Result<Option<TopicMeta>, CatalogError>;
+
+    /// Grows a topic to `total` partitions.
+    async fn add_partitions(&self, name: &str, total: i32) -> Result<TopicMeta, CatalogError>;
+
+    /// Sets (`Some`) or removes (`None`) topic configs.
+    async fn alter_topic_configs(
+        &self,
+        name: &str,
+        changes: &BTreeMap<String, Option<String>>,
+    ) -> Result<TopicMeta, CatalogError>;
+
+    /// Takes ownership of the given partitions for `broker`, bumping each one's epoch, and
+    /// returns their state under the new epochs.
+    async fn claim_partitions(
+        &self,
+        broker: &str,
+        tps: &[TopicPartition],
+    ) -> Result<Vec<PartitionState>, CatalogError>;
+
+    /// The committed state of one partition.
+    async fn partition_state(
+        &self,
+        tp: TopicPartition,
+    ) -> Result<Option<PartitionState>, CatalogError>;
+
+    /// Records a flushed segment: its object and extents, advancing each partition's high
+    /// watermark, in one transaction fenced by each extent's epoch. Extents of partitions that
+    /// no longer exist (their topic was deleted) are skipped.
+    async fn commit_flush(&self, commit: &FlushCommit) -> Result<(), CatalogError>;
+
+    /// Committed extents of `tp` that hold offsets at or after `from`, in offset order, at most
+    /// `limit` of them.
+    async fn extents(
+        &self,
+        tp: TopicPartition,
+        from: Offset,
+        limit: i64,
+    ) -> Result<Vec<Extent>, CatalogError>;
+
+    /// The first extent of `tp` holding a record with a timestamp at or after `timestamp`.
+    async fn extent_for_timestamp(
+        &self,
+        tp: TopicPartition,
+        timestamp: i64,
+    ) -> Result<Option<Extent>, CatalogError>;
+
+    /// Registers `broker` (or refreshes its row) with a heartbeat of now.
+    async fn register_broker(&self, broker: &BrokerInfo) -> Result<(), CatalogError>;
+
+    /// Every registered broker.
+    async fn brokers(&self) -> Result<Vec<BrokerInfo>, CatalogError>;
+}
+
+/// Builds a [`TopicPartition`] from a topic id and partition number.
+pub fn tp(topic: TopicId, partition: i32) -> TopicPartition {
+    TopicPartition {
+        topic,
+        partition: PartitionId(partition),
+    }
+}

@@ -1,0 +1,576 @@
+//! [`Catalog`] over SQL: one schema and one set of statements for SQLite and PostgreSQL.
+//!
+//! Statements use `$N` placeholders, which both engines accept through sqlx, and only types
+//! both have (`TEXT`, `BIGINT`, `INTEGER`). Every write transaction begins with a write, so
+//! SQLite takes its write lock up front and never has to upgrade a read snapshot (which fails
+//! at once instead of waiting when another writer got there first).
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
+
+use super::{
+    BrokerInfo, Catalog, CatalogError, Extent, FlushCommit, PartitionState, TopicMeta, tp,
+};
+use crate::segment::ExtentMeta;
+use crate::types::{Epoch, Offset, PartitionId, TopicId, TopicPartition};
+
+/// The schema, as an ordered list of migrations. A migration is never edited once released;
+/// changes come as new entries. Both engines run the same text.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "initial schema",
+    r#"
+CREATE TABLE IF NOT EXISTS topics (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    partitions INTEGER NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS topic_configs (
+    topic_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (topic_id, name)
+);
+CREATE TABLE IF NOT EXISTS partitions (
+    topic_id TEXT NOT NULL,
+    partition_id INTEGER NOT NULL,
+    high_watermark BIGINT NOT NULL,
+    log_start_offset BIGINT NOT NULL,
+    owner TEXT,
+    owner_epoch BIGINT NOT NULL,
+    PRIMARY KEY (topic_id, partition_id)
+);
+CREATE TABLE IF NOT EXISTS extents (
+    topic_id TEXT NOT NULL,
+    partition_id INTEGER NOT NULL,
+    base_offset BIGINT NOT NULL,
+    last_offset BIGINT NOT NULL,
+    object_key TEXT NOT NULL,
+    byte_start BIGINT NOT NULL,
+    byte_len BIGINT NOT NULL,
+    min_ts BIGINT NOT NULL,
+    max_ts BIGINT NOT NULL,
+    record_count BIGINT NOT NULL,
+    PRIMARY KEY (topic_id, partition_id, base_offset)
+);
+CREATE INDEX IF NOT EXISTS extents_by_last ON extents (topic_id, partition_id, last_offset);
+CREATE TABLE IF NOT EXISTS objects (
+    object_key TEXT PRIMARY KEY,
+    size_bytes BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS brokers (
+    id TEXT PRIMARY KEY,
+    kafka_addr TEXT NOT NULL,
+    zone TEXT,
+    heartbeat_ms BIGINT NOT NULL
+)
+"#,
+)];
+
+/// Which engine a [`SqlCatalog`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The SQL catalog. Cheap to clone (a connection pool inside).
+#[derive(Clone)]
+pub struct SqlCatalog {
+    pool: AnyPool,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn parse_topic_id(s: &str) -> Result<TopicId, CatalogError> {
+    uuid::Uuid::from_str(s)
+        .map(TopicId)
+        .map_err(|_| CatalogError::Corrupt(format!("topic id '{s}' is not a UUID")))
+}
+
+fn extent_from_row(row: &AnyRow) -> Result<Extent, CatalogError> {
+    let topic: String = row.try_get("topic_id")?;
+    Ok(Extent {
+        meta: ExtentMeta {
+            tp: tp(
+                parse_topic_id(&topic)?,
+                row.try_get::<i32, _>("partition_id")?,
+            ),
+            base_offset: Offset(row.try_get("base_offset")?),
+            last_offset: Offset(row.try_get("last_offset")?),
+            byte_start: row.try_get::<i64, _>("byte_start")? as u64,
+            byte_len: row.try_get::<i64, _>("byte_len")? as u64,
+            min_timestamp: row.try_get("min_ts")?,
+            max_timestamp: row.try_get("max_ts")?,
+            record_count: row.try_get("record_count")?,
+        },
+        object_key: row.try_get("object_key")?,
+    })
+}
+
+/// The extent columns, as a macro so statements using them stay `&'static str` (sqlx asks
+/// for an explicit audit of any SQL built at run time).
+macro_rules! extent_columns {
+    () => {
+        "topic_id, partition_id, base_offset, last_offset, object_key, \
+         byte_start, byte_len, min_ts, max_ts, record_count"
+    };
+}
+
+impl SqlCatalog {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://...`), creating a SQLite file if
+    /// needed, and applies any migrations not yet applied.
+    pub async fn connect(url: &str) -> Result<SqlCatalog, CatalogError> {
+        sqlx::any::install_default_drivers();
+        let (dialect, url) = if let Some(rest) = url.strip_prefix("sqlite://") {
+            let sep = if rest.contains('?') { '&' } else { '?' };
+            (Dialect::Sqlite, format!("sqlite://{rest}{sep}mode=rwc"))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Dialect::Postgres, url.to_string())
+        } else {
+            return Err(CatalogError::BadUrl(url.to_string()));
+        };
+        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        let pool = match dialect {
+            // One connection: SQLite has one writer anyway, and a single connection means no
+            // lock waits between our own statements.
+            Dialect::Sqlite => {
+                options
+                    .max_connections(1)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            for pragma in [
+                                "PRAGMA journal_mode=WAL",
+                                "PRAGMA synchronous=FULL",
+                                "PRAGMA busy_timeout=10000",
+                                "PRAGMA foreign_keys=ON",
+                            ] {
+                                sqlx::query(pragma).execute(&mut *conn).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await?
+            }
+            Dialect::Postgres => options.max_connections(8).connect(&url).await?,
+        };
+        let catalog = SqlCatalog { pool };
+        catalog.migrate().await?;
+        Ok(catalog)
+    }
+
+    /// Applies the schema with sqlx's migrator, which records what it applied (with a
+    /// checksum, so an edited migration is caught) and holds PostgreSQL's advisory lock while
+    /// it runs, so brokers starting together do not race through it.
+    async fn migrate(&self) -> Result<(), CatalogError> {
+        let migrations = MIGRATIONS
+            .iter()
+            .enumerate()
+            .map(|(i, (description, sql))| {
+                Migration::new(
+                    i as i64 + 1,
+                    (*description).into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        let mut migrator = Migrator::with_migrations(migrations);
+        migrator.set_locking(true);
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|e| CatalogError::Db(e.into()))
+    }
+
+    async fn load_configs(&self, id: TopicId) -> Result<BTreeMap<String, String>, CatalogError> {
+        let rows = sqlx::query("SELECT name, value FROM topic_configs WHERE topic_id = $1")
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("value")?)))
+            .collect()
+    }
+
+    async fn topic_from_row(&self, row: &AnyRow) -> Result<TopicMeta, CatalogError> {
+        let id = parse_topic_id(&row.try_get::<String, _>("id")?)?;
+        Ok(TopicMeta {
+            id,
+            name: row.try_get("name")?,
+            partitions: row.try_get("partitions")?,
+            configs: self.load_configs(id).await?,
+        })
+    }
+}
+
+#[async_trait]
+impl Catalog for SqlCatalog {
+    async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<TopicMeta, CatalogError> {
+        let id = TopicId::random();
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO topics (id, name, partitions, created_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(id.to_string())
+        .bind(name)
+        .bind(partitions)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(CatalogError::TopicExists(name.to_string()));
+        }
+        for (k, v) in configs {
+            sqlx::query("INSERT INTO topic_configs (topic_id, name, value) VALUES ($1, $2, $3)")
+                .bind(id.to_string())
+                .bind(k)
+                .bind(v)
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert_partitions(&mut tx, id, 0, partitions).await?;
+        tx.commit().await?;
+        Ok(TopicMeta {
+            id,
+            name: name.to_string(),
+            partitions,
+            configs: configs.clone(),
+        })
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<TopicMeta, CatalogError> {
+        let Some(topic) = self.topic(name).await? else {
+            return Err(CatalogError::UnknownTopic(name.to_string()));
+        };
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM topics WHERE id = $1")
+            .bind(topic.id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(CatalogError::UnknownTopic(name.to_string()));
+        }
+        for table in ["topic_configs", "partitions", "extents"] {
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE topic_id = $1"
+            )))
+            .bind(topic.id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(topic)
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicMeta>, CatalogError> {
+        let rows = sqlx::query("SELECT id, name, partitions FROM topics ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(self.topic_from_row(row).await?);
+        }
+        Ok(out)
+    }
+
+    async fn topic(&self, name: &str) -> Result<Option<TopicMeta>, CatalogError> {
+        let row = sqlx::query("SELECT id, name, partitions FROM topics WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(self.topic_from_row(&row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn add_partitions(&self, name: &str, total: i32) -> Result<TopicMeta, CatalogError> {
+        let Some(topic) = self.topic(name).await? else {
+            return Err(CatalogError::UnknownTopic(name.to_string()));
+        };
+        if total <= topic.partitions {
+            return Err(CatalogError::InvalidPartitions {
+                topic: name.to_string(),
+                current: topic.partitions,
+                requested: total,
+            });
+        }
+        let mut tx = self.pool.begin().await?;
+        let updated =
+            sqlx::query("UPDATE topics SET partitions = $1 WHERE id = $2 AND partitions = $3")
+                .bind(total)
+                .bind(topic.id.to_string())
+                .bind(topic.partitions)
+                .execute(&mut *tx)
+                .await?;
+        if updated.rows_affected() == 0 {
+            return Err(CatalogError::InvalidPartitions {
+                topic: name.to_string(),
+                current: topic.partitions,
+                requested: total,
+            });
+        }
+        insert_partitions(&mut tx, topic.id, topic.partitions, total).await?;
+        tx.commit().await?;
+        Ok(TopicMeta {
+            partitions: total,
+            ..topic
+        })
+    }
+
+    async fn alter_topic_configs(
+        &self,
+        name: &str,
+        changes: &BTreeMap<String, Option<String>>,
+    ) -> Result<TopicMeta, CatalogError> {
+        let Some(topic) = self.topic(name).await? else {
+            return Err(CatalogError::UnknownTopic(name.to_string()));
+        };
+        let mut tx = self.pool.begin().await?;
+        for (k, v) in changes {
+            sqlx::query("DELETE FROM topic_configs WHERE topic_id = $1 AND name = $2")
+                .bind(topic.id.to_string())
+                .bind(k)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(v) = v {
+                sqlx::query(
+                    "INSERT INTO topic_configs (topic_id, name, value) VALUES ($1, $2, $3)",
+                )
+                .bind(topic.id.to_string())
+                .bind(k)
+                .bind(v)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(TopicMeta {
+            configs: self.load_configs(topic.id).await?,
+            ..topic
+        })
+    }
+
+    async fn claim_partitions(
+        &self,
+        broker: &str,
+        tps: &[TopicPartition],
+    ) -> Result<Vec<PartitionState>, CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(tps.len());
+        for &tp in tps {
+            let row = sqlx::query(
+                "UPDATE partitions SET owner = $1, owner_epoch = owner_epoch + 1 \
+                 WHERE topic_id = $2 AND partition_id = $3 \
+                 RETURNING high_watermark, log_start_offset, owner_epoch",
+            )
+            .bind(broker)
+            .bind(tp.topic.to_string())
+            .bind(tp.partition.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                out.push(PartitionState {
+                    tp,
+                    high_watermark: Offset(row.try_get("high_watermark")?),
+                    log_start_offset: Offset(row.try_get("log_start_offset")?),
+                    epoch: Epoch(row.try_get("owner_epoch")?),
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn partition_state(
+        &self,
+        tp: TopicPartition,
+    ) -> Result<Option<PartitionState>, CatalogError> {
+        let row = sqlx::query(
+            "SELECT high_watermark, log_start_offset, owner_epoch FROM partitions \
+             WHERE topic_id = $1 AND partition_id = $2",
+        )
+        .bind(tp.topic.to_string())
+        .bind(tp.partition.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(PartitionState {
+                tp,
+                high_watermark: Offset(row.try_get("high_watermark")?),
+                log_start_offset: Offset(row.try_get("log_start_offset")?),
+                epoch: Epoch(row.try_get("owner_epoch")?),
+            })
+        })
+        .transpose()
+    }
+
+    async fn commit_flush(&self, commit: &FlushCommit) -> Result<(), CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO objects (object_key, size_bytes, created_ms) VALUES ($1, $2, $3)")
+            .bind(&commit.object_key)
+            .bind(commit.object_size as i64)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        for (e, epoch) in &commit.extents {
+            let updated = sqlx::query(
+                "UPDATE partitions SET high_watermark = $1 \
+                 WHERE topic_id = $2 AND partition_id = $3 AND owner_epoch = $4 \
+                 AND high_watermark = $5",
+            )
+            .bind(e.last_offset.0 + 1)
+            .bind(e.tp.topic.to_string())
+            .bind(e.tp.partition.0)
+            .bind(epoch.0)
+            .bind(e.base_offset.0)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                let exists = sqlx::query(
+                    "SELECT owner_epoch FROM partitions WHERE topic_id = $1 AND partition_id = $2",
+                )
+                .bind(e.tp.topic.to_string())
+                .bind(e.tp.partition.0)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if exists.is_none() {
+                    continue; // the topic was deleted while its data was in flight
+                }
+                return Err(CatalogError::Fenced {
+                    tp: e.tp,
+                    epoch: *epoch,
+                });
+            }
+            sqlx::query(concat!(
+                "INSERT INTO extents (",
+                extent_columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            ))
+            .bind(e.tp.topic.to_string())
+            .bind(e.tp.partition.0)
+            .bind(e.base_offset.0)
+            .bind(e.last_offset.0)
+            .bind(&commit.object_key)
+            .bind(e.byte_start as i64)
+            .bind(e.byte_len as i64)
+            .bind(e.min_timestamp)
+            .bind(e.max_timestamp)
+            .bind(e.record_count)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn extents(
+        &self,
+        tp: TopicPartition,
+        from: Offset,
+        limit: i64,
+    ) -> Result<Vec<Extent>, CatalogError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            extent_columns!(),
+            " FROM extents WHERE topic_id = $1 AND partition_id = $2 AND last_offset >= $3 \
+             ORDER BY base_offset LIMIT $4"
+        ))
+        .bind(tp.topic.to_string())
+        .bind(tp.partition.0)
+        .bind(from.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(extent_from_row).collect()
+    }
+
+    async fn extent_for_timestamp(
+        &self,
+        tp: TopicPartition,
+        timestamp: i64,
+    ) -> Result<Option<Extent>, CatalogError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            extent_columns!(),
+            " FROM extents WHERE topic_id = $1 AND partition_id = $2 AND max_ts >= $3 \
+             ORDER BY base_offset LIMIT 1"
+        ))
+        .bind(tp.topic.to_string())
+        .bind(tp.partition.0)
+        .bind(timestamp)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(extent_from_row).transpose()
+    }
+
+    async fn register_broker(&self, broker: &BrokerInfo) -> Result<(), CatalogError> {
+        sqlx::query(
+            "INSERT INTO brokers (id, kafka_addr, zone, heartbeat_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET kafka_addr = $2, zone = $3, heartbeat_ms = $4",
+        )
+        .bind(&broker.id)
+        .bind(&broker.kafka_addr)
+        .bind(broker.zone.clone())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn brokers(&self) -> Result<Vec<BrokerInfo>, CatalogError> {
+        let rows =
+            sqlx::query("SELECT id, kafka_addr, zone, heartbeat_ms FROM brokers ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(BrokerInfo {
+                    id: r.try_get("id")?,
+                    kafka_addr: r.try_get("kafka_addr")?,
+                    zone: r.try_get("zone")?,
+                    heartbeat_ms: r.try_get("heartbeat_ms")?,
+                })
+            })
+            .collect()
+    }
+}
+
+async fn insert_partitions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: TopicId,
+    from: i32,
+    to: i32,
+) -> Result<(), CatalogError> {
+    for p in from..to {
+        sqlx::query(
+            "INSERT INTO partitions (topic_id, partition_id, high_watermark, log_start_offset, owner, owner_epoch) \
+             VALUES ($1, $2, 0, 0, NULL, 0)",
+        )
+        .bind(id.to_string())
+        .bind(PartitionId(p).0)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}

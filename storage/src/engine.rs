@@ -1,0 +1,426 @@
+//! The storage engine: partition logs from append to object store and back.
+//!
+//! [`Engine`] ties the parts together for one broker. An append takes a partition's next
+//! offsets, goes to the [`Wal`] and into the pending buffer, all under one lock so that WAL
+//! order, buffer order and offset order agree. The [flusher](crate::flush) turns the buffer
+//! into one segment object per interval, commits it to the [`Catalog`] and only then lets
+//! `acks=all` appends return and consumers see the data. [Reads](crate::fetch) serve
+//! committed batches from the [`ReadCache`] or the object store.
+//!
+//! Ack levels, as promised to clients:
+//! - [`Acks::None`]: the append is in memory; a crash may lose it.
+//! - [`Acks::Wal`]: the append is in the local WAL (`fdatasync`ed); it survives a crash of the
+//!   process and is flushed after restart from the same disk.
+//! - [`Acks::All`]: the append is in the object store and the catalog; it survives the loss of
+//!   the machine.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::batch::Batch;
+use crate::cache::ReadCache;
+use crate::catalog::{Catalog, CatalogError, Extent};
+use crate::metrics::metrics;
+use crate::objects::ObjectStorage;
+use crate::types::{Epoch, Offset, TopicPartition};
+use crate::wal::{Wal, WalEntry, WalError};
+
+/// How durable an append must be before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// Kafka `acks=0`: no wait at all.
+    None,
+    /// Kafka `acks=1`: durable in the local WAL.
+    Wal,
+    /// Kafka `acks=all` (-1): durable in the object store and the catalog.
+    All,
+}
+
+/// Why an append or read failed.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// This broker does not own the partition (never claimed it, or was fenced).
+    #[error("this broker does not own partition {0}")]
+    NotOwner(TopicPartition),
+    /// The WAL could not take or sync the append.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The flush that held the append failed for good (the partition was fenced).
+    #[error("flush failed: {0}")]
+    FlushFailed(String),
+    /// The offset asked for is outside `[log start, high watermark]`.
+    #[error("offset {offset} is out of range [{log_start}, {high_watermark}] for {tp}")]
+    OffsetOutOfRange {
+        /// The partition.
+        tp: TopicPartition,
+        /// The offset asked for.
+        offset: Offset,
+        /// The log start offset.
+        log_start: Offset,
+        /// The high watermark.
+        high_watermark: Offset,
+    },
+    /// Stored data failed its checksum or could not be read.
+    #[error("stored data for {tp} in object '{object}' is unreadable: {reason}")]
+    Corrupt {
+        /// The partition.
+        tp: TopicPartition,
+        /// The object key.
+        object: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The object store failed.
+    #[error(transparent)]
+    Objects(#[from] crate::objects::ObjectsError),
+    /// The engine is shutting down.
+    #[error("the storage engine is shutting down")]
+    ShuttingDown,
+}
+
+/// Tuning of the engine, from the broker's flags.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This broker's id, recorded as the owner of the partitions it claims.
+    pub broker_id: String,
+    /// The WAL directory.
+    pub wal_dir: PathBuf,
+    /// Flush at least this often when there is data.
+    pub flush_interval: Duration,
+    /// Flush as soon as this many bytes are pending.
+    pub flush_bytes: usize,
+}
+
+/// Extents kept in memory per partition, newest first out: the tail that consumers read most.
+/// Older extents are looked up in the catalog.
+pub(crate) const TAIL_EXTENTS: usize = 4096;
+
+/// What the engine knows about a partition it owns.
+pub(crate) struct PartitionLog {
+    /// The epoch under which this broker owns the partition.
+    pub epoch: Epoch,
+    /// The next offset to assign.
+    pub next_offset: Offset,
+    /// The first offset still retained.
+    pub log_start: Offset,
+    /// The high watermark, published so that waiting readers wake when it moves.
+    pub hwm: watch::Sender<Offset>,
+    /// Recently committed extents, in offset order.
+    pub tail: VecDeque<Extent>,
+}
+
+/// One buffered append waiting for the next flush.
+pub(crate) struct Pending {
+    pub tp: TopicPartition,
+    pub base_offset: Offset,
+    pub batch: Batch,
+}
+
+/// Everything an append touches, behind one lock.
+#[derive(Default)]
+pub(crate) struct IngestState {
+    pub partitions: HashMap<TopicPartition, PartitionLog>,
+    pub pending: Vec<Pending>,
+    pub pending_bytes: usize,
+    /// `acks=all` appends waiting for the flush that will hold the current `pending`.
+    pub waiters: Vec<oneshot::Sender<Result<(), String>>>,
+}
+
+pub(crate) struct Inner {
+    pub config: EngineConfig,
+    pub catalog: Arc<dyn Catalog>,
+    pub objects: ObjectStorage,
+    pub cache: ReadCache,
+    pub wal: Wal,
+    pub state: Mutex<IngestState>,
+    /// Wakes the flusher early when `flush_bytes` is reached.
+    pub flush_now: Notify,
+    /// Tells the flusher to do a last flush and stop.
+    pub shutdown: watch::Sender<bool>,
+    /// The flusher task, awaited at shutdown.
+    pub flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The storage engine of one broker. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// The result of an append: where it landed and, for acks above none, what to wait for.
+pub struct Appended {
+    /// Offset given to the first record.
+    pub base_offset: Offset,
+    wait: AppendWait,
+}
+
+enum AppendWait {
+    None,
+    Wal(crate::wal::Durable),
+    Flush(oneshot::Receiver<Result<(), String>>),
+}
+
+impl Appended {
+    /// Waits until the append is as durable as its ack level promises.
+    pub async fn durable(self) -> Result<Offset, EngineError> {
+        match self.wait {
+            AppendWait::None => {}
+            AppendWait::Wal(d) => d.wait().await?,
+            AppendWait::Flush(rx) => match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(EngineError::FlushFailed(e)),
+                Err(_) => return Err(EngineError::ShuttingDown),
+            },
+        }
+        Ok(self.base_offset)
+    }
+}
+
+impl Engine {
+    /// Opens the engine: recovers the WAL, claims `owned` partitions in the catalog, puts the
+    /// recovered entries the catalog does not have back into the buffer, and starts the
+    /// flusher. Recovered data is flushed at once.
+    pub async fn open(
+        config: EngineConfig,
+        catalog: Arc<dyn Catalog>,
+        objects: ObjectStorage,
+        cache: ReadCache,
+        owned: &[TopicPartition],
+    ) -> Result<Engine, EngineError> {
+        let (wal, recovered) = Wal::open(&config.wal_dir)?;
+        let (shutdown, _) = watch::channel(false);
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                config,
+                catalog,
+                objects,
+                cache,
+                wal,
+                state: Mutex::new(IngestState::default()),
+                flush_now: Notify::new(),
+                shutdown,
+                flusher: Mutex::new(None),
+            }),
+        };
+        engine.claim(owned).await?;
+        engine.replay(recovered);
+        let flusher = crate::flush::spawn_flusher(engine.clone());
+        *engine
+            .inner
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(flusher);
+        Ok(engine)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, IngestState> {
+        // A panic while holding the lock would leave no half-made change behind (every
+        // mutation is a push or an assignment), so a poisoned lock is still consistent.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes ownership of partitions (a new epoch for each) and loads their committed state.
+    pub async fn claim(&self, tps: &[TopicPartition]) -> Result<(), EngineError> {
+        if tps.is_empty() {
+            return Ok(());
+        }
+        let states = self
+            .inner
+            .catalog
+            .claim_partitions(&self.inner.config.broker_id, tps)
+            .await?;
+        let mut state = self.lock();
+        for s in states {
+            let log = state
+                .partitions
+                .entry(s.tp)
+                .or_insert_with(|| PartitionLog {
+                    epoch: s.epoch,
+                    next_offset: s.high_watermark,
+                    log_start: s.log_start_offset,
+                    hwm: watch::channel(s.high_watermark).0,
+                    tail: VecDeque::new(),
+                });
+            log.epoch = s.epoch;
+            log.log_start = s.log_start_offset;
+            if log.next_offset < s.high_watermark {
+                log.next_offset = s.high_watermark;
+            }
+            log.hwm.send_replace(s.high_watermark);
+        }
+        Ok(())
+    }
+
+    /// Forgets partitions (their topic was deleted). Pending data for them is dropped at the
+    /// next flush by the catalog, which skips extents of partitions that no longer exist.
+    pub fn forget(&self, tps: &[TopicPartition]) {
+        let mut state = self.lock();
+        for tp in tps {
+            state.partitions.remove(tp);
+        }
+    }
+
+    fn replay(&self, recovered: Vec<WalEntry>) {
+        let mut state = self.lock();
+        let mut replayed = 0usize;
+        for entry in recovered {
+            let Some(log) = state.partitions.get_mut(&entry.tp) else {
+                continue; // the topic is gone
+            };
+            let batch = match Batch::from_stored(entry.batch) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(tp = %entry.tp, error = %e, "skipping unreadable WAL entry");
+                    continue;
+                }
+            };
+            if entry.base_offset < log.next_offset {
+                continue; // already committed
+            }
+            if entry.base_offset > log.next_offset {
+                tracing::warn!(
+                    tp = %entry.tp,
+                    expected = %log.next_offset,
+                    found = %entry.base_offset,
+                    "WAL entry leaves a gap; skipping it"
+                );
+                continue;
+            }
+            log.next_offset = entry.base_offset.plus(batch.offset_count());
+            state.pending_bytes += batch.len();
+            state.pending.push(Pending {
+                tp: entry.tp,
+                base_offset: entry.base_offset,
+                batch,
+            });
+            replayed += 1;
+        }
+        if replayed > 0 {
+            tracing::info!(
+                entries = replayed,
+                "replaying WAL entries not yet in the catalog"
+            );
+            metrics().unflushed_bytes.set(state.pending_bytes as i64);
+            self.inner.flush_now.notify_one();
+        }
+    }
+
+    /// Appends checked batches to a partition this broker owns. Offsets are assigned and the
+    /// WAL write queued before this returns; wait on [`Appended::durable`] for the ack level.
+    pub fn append(
+        &self,
+        tp: TopicPartition,
+        batches: Vec<Batch>,
+        acks: Acks,
+    ) -> Result<Appended, EngineError> {
+        let mut state = self.lock();
+        let log = state
+            .partitions
+            .get_mut(&tp)
+            .ok_or(EngineError::NotOwner(tp))?;
+        let base_offset = log.next_offset;
+        let mut next = base_offset;
+        let mut entries = Vec::with_capacity(batches.len());
+        for batch in &batches {
+            entries.push(WalEntry {
+                tp,
+                base_offset: next,
+                batch: batch.bytes().clone(),
+            });
+            next = next.plus(batch.offset_count());
+        }
+        let mut durable = None;
+        let last = entries.len().saturating_sub(1);
+        for (i, entry) in entries.iter().enumerate() {
+            // The group commit is FIFO, so waiting for the last entry covers all of them.
+            let wait = acks == Acks::Wal && i == last;
+            if let Some(d) = self.inner.wal.append(entry, wait)? {
+                durable = Some(d);
+            }
+        }
+        log.next_offset = next;
+        let mut added = 0;
+        for (entry, batch) in entries.into_iter().zip(batches) {
+            added += batch.len();
+            state.pending.push(Pending {
+                tp,
+                base_offset: entry.base_offset,
+                batch,
+            });
+        }
+        state.pending_bytes += added;
+        metrics().unflushed_bytes.set(state.pending_bytes as i64);
+        let wait = match (acks, durable) {
+            (Acks::None, _) => AppendWait::None,
+            (Acks::Wal, Some(d)) => AppendWait::Wal(d),
+            (Acks::Wal, None) => AppendWait::None,
+            (Acks::All, _) => {
+                let (tx, rx) = oneshot::channel();
+                state.waiters.push(tx);
+                AppendWait::Flush(rx)
+            }
+        };
+        if state.pending_bytes >= self.inner.config.flush_bytes {
+            self.inner.flush_now.notify_one();
+        }
+        Ok(Appended { base_offset, wait })
+    }
+
+    /// The high watermark of a partition this broker owns, as a watch that changes when a
+    /// flush commits. Long-polling fetches wait on it.
+    pub fn watch_high_watermark(&self, tp: TopicPartition) -> Option<watch::Receiver<Offset>> {
+        self.lock().partitions.get(&tp).map(|l| l.hwm.subscribe())
+    }
+
+    /// `(log start, high watermark)` of a partition, from memory if owned, else the catalog.
+    pub async fn offsets(&self, tp: TopicPartition) -> Result<(Offset, Offset), EngineError> {
+        if let Some(l) = self.lock().partitions.get(&tp) {
+            return Ok((l.log_start, *l.hwm.borrow()));
+        }
+        match self.inner.catalog.partition_state(tp).await? {
+            Some(s) => Ok((s.log_start_offset, s.high_watermark)),
+            None => Err(EngineError::NotOwner(tp)),
+        }
+    }
+
+    /// Flushes everything pending, waits for it to commit, and stops the flusher. Used by
+    /// SIGTERM handling: after this, every accepted append is in the object store.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        self.inner.flush_now.notify_one();
+        let flusher = self
+            .inner
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(flusher) = flusher {
+            match tokio::time::timeout(Duration::from_secs(30), flusher).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "flusher task failed"),
+                Err(_) => tracing::warn!("flusher did not finish within 30 s of shutdown"),
+            }
+        }
+    }
+
+    /// The catalog the engine commits to.
+    pub fn catalog(&self) -> &Arc<dyn Catalog> {
+        &self.inner.catalog
+    }
+
+    /// The object store the engine writes to.
+    pub fn objects(&self) -> &ObjectStorage {
+        &self.inner.objects
+    }
+}

@@ -1,0 +1,28 @@
+//! Strata's storage engine: everything between a checked record batch and the object store.
+//!
+//! No networking lives here; the broker's front ends hand the [`engine::Engine`] record
+//! batches and offsets, and it hands bytes back. The parts, in the order a record meets them:
+//!
+//! - [`batch`]: Kafka RecordBatch v2, checked on the way in and served byte for byte;
+//! - [`wal`]: the local write-ahead log with group commit (what `acks=1` waits for);
+//! - [`engine`]: offsets, the pending buffer, ownership of partitions;
+//! - [`flush`]: one [`segment`] object per interval, PUT to the [`objects`] store and
+//!   committed to the [`catalog`] (what `acks=all` waits for);
+//! - [`fetch`]: the read path, through the hybrid [`cache`];
+//! - [`metrics`]: counters for all of the above.
+
+pub mod batch;
+pub mod cache;
+pub mod catalog;
+pub mod engine;
+pub mod fetch;
+mod flush;
+pub mod metrics;
+pub mod objects;
+pub mod records;
+pub mod segment;
+pub mod types;
+pub mod wal;
+
+pub use engine::{Acks, Engine, EngineConfig, EngineError};
+pub use types::{Epoch, Offset, PartitionId, TopicId, TopicPartition};
