@@ -1,0 +1,117 @@
+//! The broker core's errors: what went wrong, in terms every front end can translate (the
+//! Kafka front end into error codes, the HTTP front end into statuses).
+
+use strata_storage::batch::BatchError;
+use strata_storage::catalog::CatalogError;
+use strata_storage::{EngineError, Offset};
+use thiserror::Error;
+
+/// Why a broker operation failed.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// No such topic (and auto-creation is off or not applicable).
+    #[error("topic '{0}' does not exist")]
+    UnknownTopic(String),
+    /// The topic exists but has no such partition.
+    #[error("topic '{topic}' has no partition {partition}")]
+    UnknownPartition {
+        /// The topic.
+        topic: String,
+        /// The partition asked for.
+        partition: i32,
+    },
+    /// A topic name Kafka would not accept.
+    #[error("invalid topic name '{name}': {reason}")]
+    InvalidTopic {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Creating a topic that exists.
+    #[error("topic '{0}' already exists")]
+    TopicExists(String),
+    /// A partition count out of range.
+    #[error("{0}")]
+    InvalidPartitions(String),
+    /// A replication factor out of range.
+    #[error("{0}")]
+    InvalidReplicationFactor(String),
+    /// An unknown config name or a bad value.
+    #[error("{0}")]
+    InvalidConfig(String),
+    /// A record batch failed its checks.
+    #[error("corrupt record batch: {0}")]
+    CorruptMessage(BatchError),
+    /// A record batch larger than the topic allows.
+    #[error("{0}")]
+    MessageTooLarge(BatchError),
+    /// An `acks` value other than 0, 1 or -1.
+    #[error("acks must be 0, 1 or -1 (all), not {0}")]
+    InvalidRequiredAcks(i16),
+    /// This broker does not own the partition.
+    #[error("this broker does not lead {0}")]
+    NotLeader(String),
+    /// The wait for durability ran past the request's timeout. The data may still become
+    /// durable; the client cannot know, as with Kafka.
+    #[error("timed out after {0} ms waiting for the write to become durable")]
+    Timeout(u64),
+    /// A read below the log start or above the high watermark.
+    #[error("offset {offset} is out of range [{log_start}, {high_watermark}]")]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        offset: Offset,
+        /// The log start offset.
+        log_start: Offset,
+        /// The high watermark.
+        high_watermark: Offset,
+    },
+    /// Stored data could not be read or is damaged.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The broker is shutting down.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
+impl From<BatchError> for BrokerError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::TooLarge { .. } => BrokerError::MessageTooLarge(e),
+            e => BrokerError::CorruptMessage(e),
+        }
+    }
+}
+
+impl From<CatalogError> for BrokerError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::TopicExists(t) => BrokerError::TopicExists(t),
+            CatalogError::UnknownTopic(t) => BrokerError::UnknownTopic(t),
+            CatalogError::InvalidPartitions { .. } => BrokerError::InvalidPartitions(e.to_string()),
+            CatalogError::Fenced { tp, .. } => BrokerError::NotLeader(tp.to_string()),
+            e => BrokerError::Storage(e.to_string()),
+        }
+    }
+}
+
+impl From<EngineError> for BrokerError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NotOwner(tp) => BrokerError::NotLeader(tp.to_string()),
+            EngineError::OffsetOutOfRange {
+                offset,
+                log_start,
+                high_watermark,
+                ..
+            } => BrokerError::OffsetOutOfRange {
+                offset,
+                log_start,
+                high_watermark,
+            },
+            EngineError::ShuttingDown => BrokerError::ShuttingDown,
+            EngineError::Catalog(c) => c.into(),
+            e => BrokerError::Storage(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! The broker core: topics, produce, fetch and offsets, independent of any wire protocol.
+//!
+//! Front ends decode their requests into calls on [`Broker`] and encode what it returns; the
+//! core never sees protocol bytes other than record batches. One core, thin front ends: a
+//! record produced over one protocol is the same record, at the same offset, on every other.
+
+mod error;
+pub mod topics;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_storage::batch::Batch;
+use strata_storage::catalog::{Catalog, TopicMeta, tp};
+use strata_storage::fetch::ReadResult;
+use strata_storage::{Acks, Engine, Offset, TopicPartition};
+use tokio::sync::watch;
+
+pub use error::BrokerError;
+pub use topics::{ConfigEntry, TopicConfig, TopicDefaults};
+
+use topics::CompressionPolicy;
+
+/// zstd level for recompressing uncompressed batches: fast, and most of the gain.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Broker-wide settings the core needs.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// This broker's node id.
+    pub node_id: i32,
+    /// Host and port Kafka clients are told to connect to.
+    pub advertised_kafka: (String, u16),
+    /// The broker's zone (rack).
+    pub zone: Option<String>,
+    /// Create unknown topics on first use (Kafka's `auto.create.topics.enable`).
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic.
+    pub default_partitions: i32,
+    /// Defaults for topic configs.
+    pub topic_defaults: TopicDefaults,
+}
+
+/// A topic as the core serves it: catalog metadata plus parsed configs.
+#[derive(Debug, Clone)]
+pub struct Topic {
+    /// What the catalog holds.
+    pub meta: TopicMeta,
+    /// The configs the produce path acts on.
+    pub config: TopicConfig,
+}
+
+impl Topic {
+    /// The partition `p` of this topic, if it exists.
+    pub fn partition(&self, p: i32) -> Result<TopicPartition, BrokerError> {
+        if (0..self.meta.partitions).contains(&p) {
+            Ok(tp(self.meta.id, p))
+        } else {
+            Err(BrokerError::UnknownPartition {
+                topic: self.meta.name.clone(),
+                partition: p,
+            })
+        }
+    }
+}
+
+/// Where ListOffsets should look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The log start offset.
+    Earliest,
+    /// The high watermark.
+    Latest,
+    /// The first record at or after this timestamp (ms).
+    Timestamp(i64),
+}
+
+/// The broker core. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    engine: Engine,
+    catalog: Arc<dyn Catalog>,
+    config: Arc<BrokerConfig>,
+    topics: Arc<RwLock<HashMap<String, Arc<Topic>>>>,
+}
+
+impl Broker {
+    /// Builds the core over an open engine, loading every topic from the catalog and claiming
+    /// its partitions (this broker is the only one, for now).
+    pub async fn open(engine: Engine, config: BrokerConfig) -> Result<Broker, BrokerError> {
+        let catalog = engine.catalog().clone();
+        let broker = Broker {
+            engine,
+            catalog,
+            config: Arc::new(config),
+            topics: Arc::new(RwLock::new(HashMap::new())),
+        };
+        for meta in broker.catalog.list_topics().await? {
+            broker.remember(meta);
+        }
+        Ok(broker)
+    }
+
+    /// Every partition of every topic in `metas`, for claiming at start-up.
+    pub fn all_partitions(metas: &[TopicMeta]) -> Vec<TopicPartition> {
+        metas
+            .iter()
+            .flat_map(|m| (0..m.partitions).map(move |p| tp(m.id, p)))
+            .collect()
+    }
+
+    /// The broker's settings.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// The storage engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn remember(&self, meta: TopicMeta) -> Arc<Topic> {
+        let config = TopicConfig::resolve(&meta.configs, &self.config.topic_defaults);
+        let topic = Arc::new(Topic { meta, config });
+        self.topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.meta.name.clone(), topic.clone());
+        topic
+    }
+
+    fn cached(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Every topic, by name.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        let mut all: Vec<_> = self
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+        all
+    }
+
+    /// A topic by name; with `auto_create` (and the broker allowing it), a missing topic is
+    /// created with the default partition count.
+    pub async fn topic(&self, name: &str, auto_create: bool) -> Result<Arc<Topic>, BrokerError> {
+        if let Some(t) = self.cached(name) {
+            return Ok(t);
+        }
+        if !(auto_create && self.config.auto_create_topics) {
+            return Err(BrokerError::UnknownTopic(name.to_string()));
+        }
+        topics::validate_name(name)?;
+        match self
+            .create_topic(
+                name,
+                self.config.default_partitions,
+                &BTreeMap::new(),
+                false,
+            )
+            .await
+        {
+            Ok(t) => {
+                tracing::info!(topic = name, "auto-created topic");
+                Ok(t)
+            }
+            // Another request created it meanwhile.
+            Err(BrokerError::TopicExists(_)) => self
+                .cached(name)
+                .ok_or_else(|| BrokerError::UnknownTopic(name.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a topic (or, with `validate_only`, checks that it could be created).
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        topics::validate_name(name)?;
+        if !(1..=100_000).contains(&partitions) {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "number of partitions must be between 1 and 100000, not {partitions}"
+            )));
+        }
+        topics::validate_configs(configs)?;
+        if self.cached(name).is_some() {
+            return Err(BrokerError::TopicExists(name.to_string()));
+        }
+        if validate_only {
+            let meta = TopicMeta {
+                id: strata_storage::TopicId::random(),
+                name: name.to_string(),
+                partitions,
+                configs: configs.clone(),
+            };
+            let config = TopicConfig::resolve(configs, &self.config.topic_defaults);
+            return Ok(Arc::new(Topic { meta, config }));
+        }
+        let meta = self.catalog.create_topic(name, partitions, configs).await?;
+        self.engine
+            .claim(&Broker::all_partitions(std::slice::from_ref(&meta)))
+            .await?;
+        Ok(self.remember(meta))
+    }
+
+    /// Deletes a topic and forgets its partitions.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        let meta = self.catalog.delete_topic(name).await?;
+        self.topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        self.engine
+            .forget(&Broker::all_partitions(std::slice::from_ref(&meta)));
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    /// Grows a topic to `total` partitions.
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        total: i32,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
+        let topic = self.topic(name, false).await?;
+        if total <= topic.meta.partitions || total > 100_000 {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "topic '{name}' has {} partitions; the new count must be larger (and at most 100000), not {total}",
+                topic.meta.partitions
+            )));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let meta = self.catalog.add_partitions(name, total).await?;
+        let new: Vec<_> = (topic.meta.partitions..total)
+            .map(|p| tp(meta.id, p))
+            .collect();
+        self.engine.claim(&new).await?;
+        self.remember(meta);
+        Ok(())
+    }
+
+    /// Every known config of a topic, with its effective value.
+    pub async fn describe_configs(&self, name: &str) -> Result<Vec<ConfigEntry>, BrokerError> {
+        let topic = self.topic(name, false).await?;
+        Ok(topics::describe(
+            &topic.meta.configs,
+            &self.config.topic_defaults,
+        ))
+    }
+
+    /// Checks a produce request's records for one partition and appends them. Returns once
+    /// offsets are assigned (so that a connection's requests are sequenced in arrival order);
+    /// the returned future resolves when the write is as durable as `acks` asks.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: Bytes,
+        acks: Acks,
+        timeout: Duration,
+    ) -> Result<
+        impl std::future::Future<Output = Result<Offset, BrokerError>> + Send + 'static,
+        BrokerError,
+    > {
+        let topic = self.topic(topic, false).await?;
+        let tp = topic.partition(partition)?;
+        let mut batches = Batch::parse_all(records, topic.config.max_message_bytes)?;
+        if topic.config.compression == CompressionPolicy::Zstd {
+            batches = batches
+                .into_iter()
+                .map(|b| b.compress_zstd(ZSTD_LEVEL))
+                .collect();
+        }
+        let appended = self.engine.append(tp, batches, acks)?;
+        Ok(async move {
+            match tokio::time::timeout(timeout, appended.durable()).await {
+                Ok(result) => result.map_err(BrokerError::from),
+                Err(_) => Err(BrokerError::Timeout(timeout.as_millis() as u64)),
+            }
+        })
+    }
+
+    /// Reads committed batches of one partition from `offset`, up to about `max_bytes`.
+    pub async fn fetch(
+        &self,
+        topic: &Topic,
+        partition: i32,
+        offset: Offset,
+        max_bytes: usize,
+    ) -> Result<ReadResult, BrokerError> {
+        let tp = topic.partition(partition)?;
+        Ok(self.engine.read(tp, offset, max_bytes).await?)
+    }
+
+    /// A watch on a partition's high watermark, for long polls.
+    pub fn watch_high_watermark(
+        &self,
+        topic: &Topic,
+        partition: i32,
+    ) -> Option<watch::Receiver<Offset>> {
+        let tp = topic.partition(partition).ok()?;
+        self.engine.watch_high_watermark(tp)
+    }
+
+    /// `(log start, high watermark)` of a partition.
+    pub async fn offsets(
+        &self,
+        topic: &Topic,
+        partition: i32,
+    ) -> Result<(Offset, Offset), BrokerError> {
+        let tp = topic.partition(partition)?;
+        Ok(self.engine.offsets(tp).await?)
+    }
+
+    /// Resolves a ListOffsets query to `(offset, timestamp)`; `None` when no record is at or
+    /// after the timestamp (Kafka answers -1, -1).
+    pub async fn list_offset(
+        &self,
+        topic: &Topic,
+        partition: i32,
+        spec: OffsetSpec,
+    ) -> Result<Option<(Offset, i64)>, BrokerError> {
+        let tp = topic.partition(partition)?;
+        let (start, end) = self.engine.offsets(tp).await?;
+        Ok(match spec {
+            OffsetSpec::Earliest => Some((start, -1)),
+            OffsetSpec::Latest => Some((end, -1)),
+            OffsetSpec::Timestamp(ts) => self.engine.offset_for_timestamp(tp, ts).await?,
+        })
+    }
+}

@@ -1,0 +1,28 @@
+//! Broker errors as Kafka error codes.
+
+use kafka_protocol::ResponseError;
+
+use crate::broker::BrokerError;
+
+/// The Kafka error code a client expects for `e`.
+pub fn code(e: &BrokerError) -> i16 {
+    let r = match e {
+        BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => {
+            ResponseError::UnknownTopicOrPartition
+        }
+        BrokerError::InvalidTopic { .. } => ResponseError::InvalidTopicException,
+        BrokerError::TopicExists(_) => ResponseError::TopicAlreadyExists,
+        BrokerError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        BrokerError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+        BrokerError::InvalidConfig(_) => ResponseError::InvalidConfig,
+        BrokerError::CorruptMessage(_) => ResponseError::CorruptMessage,
+        BrokerError::MessageTooLarge(_) => ResponseError::MessageTooLarge,
+        BrokerError::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
+        BrokerError::NotLeader(_) => ResponseError::NotLeaderOrFollower,
+        BrokerError::Timeout(_) => ResponseError::RequestTimedOut,
+        BrokerError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        BrokerError::Storage(_) => ResponseError::KafkaStorageError,
+        BrokerError::ShuttingDown => ResponseError::NotLeaderOrFollower,
+    };
+    r.code()
+}

@@ -1,0 +1,140 @@
+//! Fetch: committed batches, with long polling bounded by the client's `max_wait_ms`.
+//!
+//! A fetch reads every requested partition; if that yields fewer than `min_bytes`, it waits
+//! until one of the partitions' high watermarks moves (a flush committed) or the deadline
+//! passes, and reads again. Byte limits follow Kafka: `partition_max_bytes` per partition,
+//! `max_bytes` for the response, and at least one whole batch so a consumer always advances.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::select_all;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use strata_storage::Offset;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{ConnError, Req, errors};
+use crate::broker::{Broker, BrokerError};
+
+/// Long polls never wait longer than this, whatever the client asks.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// One pass over the requested partitions.
+struct Pass {
+    topics: Vec<FetchableTopicResponse>,
+    /// Record bytes in the response.
+    bytes: usize,
+    /// Whether any partition answered with an error (which ends a long poll, as in Kafka).
+    errors: bool,
+    /// Watches on the partitions' high watermarks, subscribed before reading so no commit
+    /// between the read and the wait is missed.
+    watches: Vec<watch::Receiver<Offset>>,
+}
+
+async fn read_once(broker: &Broker, request: &FetchRequest) -> Pass {
+    let mut total = 0usize;
+    let mut failed = false;
+    let mut watches = Vec::new();
+    let budget = request.max_bytes.max(0) as usize;
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for t in &request.topics {
+        let topic = broker.topic(t.topic.as_str(), false).await;
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for p in &t.partitions {
+            let data = PartitionData::default().with_partition_index(p.partition);
+            let topic = match &topic {
+                Ok(topic) => topic,
+                Err(e) => {
+                    failed = true;
+                    partitions.push(data.with_error_code(errors::code(e)));
+                    continue;
+                }
+            };
+            if let Some(w) = broker.watch_high_watermark(topic, p.partition) {
+                watches.push(w);
+            }
+            let limit = (p.partition_max_bytes.max(0) as usize).min(budget.saturating_sub(total));
+            let result = if limit == 0 && total > 0 {
+                // Response budget spent: report offsets only.
+                broker
+                    .offsets(topic, p.partition)
+                    .await
+                    .map(|(start, end)| (Bytes::new(), start, end))
+            } else {
+                broker
+                    .fetch(topic, p.partition, Offset(p.fetch_offset), limit.max(1))
+                    .await
+                    .map(|r| (r.records, r.log_start, r.high_watermark))
+            };
+            partitions.push(match result {
+                Ok((records, start, end)) => {
+                    total += records.len();
+                    data.with_high_watermark(end.0)
+                        .with_last_stable_offset(end.0)
+                        .with_log_start_offset(start.0)
+                        .with_records(Some(records))
+                }
+                Err(e) => {
+                    failed = true;
+                    if !matches!(e, BrokerError::OffsetOutOfRange { .. }) {
+                        tracing::warn!(topic = t.topic.as_str(), partition = p.partition, error = %e, "fetch failed");
+                    }
+                    let data = data.with_error_code(errors::code(&e));
+                    match e {
+                        BrokerError::OffsetOutOfRange {
+                            log_start,
+                            high_watermark,
+                            ..
+                        } => data
+                            .with_high_watermark(high_watermark.0)
+                            .with_last_stable_offset(high_watermark.0)
+                            .with_log_start_offset(log_start.0),
+                        _ => data,
+                    }
+                }
+            });
+        }
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(t.topic.clone())
+                .with_topic_id(t.topic_id)
+                .with_partitions(partitions),
+        );
+    }
+    Pass {
+        topics,
+        bytes: total,
+        errors: failed,
+        watches,
+    }
+}
+
+/// Serves a fetch, long-polling until `min_bytes` are available or `max_wait_ms` passes.
+pub async fn fetch(broker: &Broker, req: Req, request: FetchRequest) -> Result<Bytes, ConnError> {
+    if req.version >= 7 && request.session_id != 0 {
+        // This broker never hands out fetch sessions (KIP-227), so no id can be valid.
+        let body =
+            FetchResponse::default().with_error_code(ResponseError::FetchSessionIdNotFound.code());
+        return req.encode(&body);
+    }
+    let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT);
+    let deadline = Instant::now() + wait;
+    let min_bytes = request.min_bytes.max(0) as usize;
+    loop {
+        let mut pass = read_once(broker, &request).await;
+        let done = pass.bytes >= min_bytes
+            || pass.errors
+            || pass.watches.is_empty()
+            || Instant::now() >= deadline;
+        if !done {
+            let changed = select_all(pass.watches.iter_mut().map(|w| Box::pin(w.changed())));
+            if tokio::time::timeout_at(deadline, changed).await.is_ok() {
+                continue;
+            }
+        }
+        return req.encode(&FetchResponse::default().with_responses(pass.topics));
+    }
+}

@@ -1,0 +1,304 @@
+//! The Kafka wire protocol front end: existing Kafka clients, unchanged.
+//!
+//! A thin translation onto the [broker core](crate::broker), decoded and encoded with the
+//! `kafka-protocol` crate. Each connection has a reader and a writer:
+//!
+//! - the **reader** takes frames in order, decodes each and *begins* it: admin requests run to
+//!   completion, a produce gets its offsets assigned, and anything that waits (durability,
+//!   long polls) becomes a task. Beginning in arrival order is what keeps pipelined produce
+//!   requests for one partition in order;
+//! - the **writer** sends the responses strictly in request order, as Kafka requires, while
+//!   later requests' waits overlap earlier ones.
+//!
+//! A bad frame, an unknown API or an unsupported version ends that connection only, with a
+//! log line naming the peer; every other client is unaffected.
+
+mod admin;
+mod codec;
+mod errors;
+mod fetch;
+mod metadata;
+mod offsets;
+mod produce;
+
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+pub use codec::ConnError;
+
+/// The APIs and versions this broker speaks: `(api, min, max)`. Only these are advertised in
+/// ApiVersions, and a request outside them closes the connection (ApiVersions itself gets
+/// an UNSUPPORTED_VERSION answer instead, as Kafka does, so clients can negotiate).
+///
+/// Caps below the crate's maxima, and why: Produce ≤ 12 and Fetch ≤ 12 because v13 names
+/// topics only by id; ListOffsets ≤ 6 because v7+ adds the max-timestamp query.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 12),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+];
+
+/// Requests in flight per connection before the reader stops taking more (backpressure).
+const MAX_IN_FLIGHT: usize = 64;
+
+struct KafkaMetrics {
+    requests: IntCounterVec,
+    seconds: HistogramVec,
+    connections: IntCounterVec,
+}
+
+static METRICS: LazyLock<KafkaMetrics> = LazyLock::new(|| {
+    let registry = &strata_storage::metrics::metrics().registry;
+    let requests = IntCounterVec::new(
+        Opts::new("strata_kafka_requests_total", "Kafka requests by API."),
+        &["api"],
+    )
+    .expect("metric name is valid");
+    let seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "strata_kafka_request_seconds",
+            "Kafka request latency, from arrival to response ready, by API.",
+        )
+        .buckets(strata_storage::metrics::latency_buckets()),
+        &["api"],
+    )
+    .expect("metric name is valid");
+    let connections = IntCounterVec::new(
+        Opts::new(
+            "strata_kafka_connections_total",
+            "Kafka connections by how they ended.",
+        ),
+        &["outcome"],
+    )
+    .expect("metric name is valid");
+    for m in [
+        Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(seconds.clone()),
+        Box::new(connections.clone()),
+    ] {
+        registry.register(m).expect("metric is registered once");
+    }
+    KafkaMetrics {
+        requests,
+        seconds,
+        connections,
+    }
+});
+
+/// The answer to one request, as the writer receives it.
+enum Reply {
+    /// Ready now (or nothing to send: `acks=0`).
+    Ready(Option<Bytes>),
+    /// Being produced by a task.
+    Task(JoinHandle<Result<Option<Bytes>, ConnError>>),
+}
+
+struct InFlight {
+    api: ApiKey,
+    started: Instant,
+    reply: Reply,
+}
+
+/// What a handler needs to know about the request it serves.
+#[derive(Clone, Copy)]
+pub(crate) struct Req {
+    pub api: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+    pub peer: SocketAddr,
+}
+
+impl Req {
+    /// Encodes a response to this request.
+    pub fn encode<R: Encodable>(&self, body: &R) -> Result<Bytes, ConnError> {
+        codec::encode_response(self.api, self.version, self.correlation_id, body)
+    }
+}
+
+/// Accepts Kafka connections until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    max_request_bytes: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let broker = broker.clone();
+                    tokio::spawn(connection(stream, peer, broker, max_request_bytes));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accepting a Kafka connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, broker: Broker, limit: usize) {
+    let _ = stream.set_nodelay(true);
+    let (rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<InFlight>(MAX_IN_FLIGHT);
+    let writer = async move {
+        while let Some(inflight) = rx.recv().await {
+            let bytes = match inflight.reply {
+                Reply::Ready(b) => b,
+                Reply::Task(handle) => match handle.await {
+                    Ok(result) => result?,
+                    Err(e) => return Err(ConnError::Encode(format!("request task failed: {e}"))),
+                },
+            };
+            let api = format!("{:?}", inflight.api);
+            METRICS.requests.with_label_values(&[&api]).inc();
+            METRICS
+                .seconds
+                .with_label_values(&[&api])
+                .observe(inflight.started.elapsed().as_secs_f64());
+            if let Some(bytes) = bytes {
+                wr.write_all(&bytes).await?;
+            }
+        }
+        Ok::<(), ConnError>(())
+    };
+    let reader = async move {
+        let mut rd = BufReader::with_capacity(64 * 1024, rd);
+        while let Some(frame) = codec::read_frame(&mut rd, limit).await? {
+            let started = Instant::now();
+            let (api, reply) = dispatch(&broker, peer, frame).await?;
+            if tx
+                .send(InFlight {
+                    api,
+                    started,
+                    reply,
+                })
+                .await
+                .is_err()
+            {
+                break; // the writer stopped; its error is reported below
+            }
+        }
+        Ok::<(), ConnError>(())
+    };
+    // Whichever side fails first ends the connection; a clean end of input lets the writer
+    // finish the responses still owed.
+    let outcome = tokio::select! {
+        r = reader => match r {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        },
+        w = writer => w,
+    };
+    match outcome {
+        Ok(()) => METRICS.connections.with_label_values(&["closed"]).inc(),
+        Err(ConnError::Io(e)) => {
+            METRICS.connections.with_label_values(&["io_error"]).inc();
+            tracing::debug!(%peer, error = %e, "Kafka connection ended");
+        }
+        Err(e) => {
+            METRICS.connections.with_label_values(&["refused"]).inc();
+            tracing::warn!(%peer, error = %e, "closing Kafka connection");
+        }
+    }
+}
+
+/// Decodes one frame and begins its request.
+async fn dispatch(
+    broker: &Broker,
+    peer: SocketAddr,
+    mut frame: Bytes,
+) -> Result<(ApiKey, Reply), ConnError> {
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api = ApiKey::try_from(raw_key)
+        .map_err(|()| ConnError::Malformed(format!("unknown API key {raw_key}")))?;
+    let req = Req {
+        api,
+        version,
+        correlation_id,
+        peer,
+    };
+    let supported = SUPPORTED
+        .iter()
+        .any(|&(a, min, max)| a == api && (min..=max).contains(&version));
+    if api == ApiKey::ApiVersions && !supported {
+        // Kafka's rule: answer in v0 with UNSUPPORTED_VERSION and the list, so the client
+        // can retry with a version both sides speak.
+        return Ok((
+            api,
+            Reply::Ready(Some(metadata::api_versions_unsupported(req)?)),
+        ));
+    }
+    if !supported {
+        return Err(ConnError::UnsupportedVersion { api, version });
+    }
+    RequestHeader::decode(&mut frame, api.request_header_version(version))
+        .map_err(|e| ConnError::Malformed(format!("{api:?} header: {e}")))?;
+    let reply = match api {
+        ApiKey::ApiVersions => Reply::Ready(Some(metadata::api_versions(req)?)),
+        ApiKey::Metadata => Reply::Ready(Some(
+            metadata::metadata(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::Produce => produce::produce(broker, req, decode(req, frame)?).await?,
+        ApiKey::Fetch => {
+            let request = decode(req, frame)?;
+            let broker = broker.clone();
+            Reply::Task(tokio::spawn(async move {
+                fetch::fetch(&broker, req, request).await.map(Some)
+            }))
+        }
+        ApiKey::ListOffsets => {
+            let request = decode(req, frame)?;
+            let broker = broker.clone();
+            Reply::Task(tokio::spawn(async move {
+                offsets::list_offsets(&broker, req, request).await.map(Some)
+            }))
+        }
+        ApiKey::CreateTopics => Reply::Ready(Some(
+            admin::create_topics(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::DeleteTopics => Reply::Ready(Some(
+            admin::delete_topics(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::CreatePartitions => Reply::Ready(Some(
+            admin::create_partitions(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::DescribeConfigs => Reply::Ready(Some(
+            admin::describe_configs(broker, req, decode(req, frame)?).await?,
+        )),
+        other => {
+            return Err(ConnError::UnsupportedVersion {
+                api: other,
+                version,
+            });
+        }
+    };
+    Ok((api, reply))
+}
+
+fn decode<T: Decodable>(req: Req, mut body: Bytes) -> Result<T, ConnError> {
+    T::decode(&mut body, req.version)
+        .map_err(|e| ConnError::Malformed(format!("{:?} v{} body: {e}", req.api, req.version)))
+}

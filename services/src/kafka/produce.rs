@@ -1,0 +1,106 @@
+//! Produce: batches checked, sequenced in arrival order, answered at the ack level asked.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
+use strata_storage::Acks;
+
+use super::{ConnError, Reply, Req, errors};
+use crate::broker::{Broker, BrokerError};
+
+/// Produce timeouts are capped here, so no request waits unboundedly.
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+/// Used when a client sends a non-positive timeout.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn acks(value: i16) -> Option<Acks> {
+    match value {
+        0 => Some(Acks::None),
+        1 => Some(Acks::Wal),
+        -1 => Some(Acks::All),
+        _ => None,
+    }
+}
+
+fn partition_error(index: i32, e: &BrokerError) -> PartitionProduceResponse {
+    PartitionProduceResponse::default()
+        .with_index(index)
+        .with_error_code(errors::code(e))
+        .with_base_offset(-1)
+        .with_error_message(Some(StrBytes::from_string(e.to_string())))
+}
+
+/// Begins a produce request: every partition's batches are checked and given offsets now, in
+/// request order; the wait for durability runs as a task. With `acks=0` nothing is sent back,
+/// as Kafka does.
+pub async fn produce(
+    broker: &Broker,
+    req: Req,
+    request: ProduceRequest,
+) -> Result<Reply, ConnError> {
+    let timeout = match request.timeout_ms {
+        t if t <= 0 => DEFAULT_TIMEOUT,
+        t => Duration::from_millis(t as u64).min(MAX_TIMEOUT),
+    };
+    let acks = acks(request.acks);
+    let mut topics = Vec::with_capacity(request.topic_data.len());
+    for t in request.topic_data {
+        let mut parts = Vec::with_capacity(t.partition_data.len());
+        for p in t.partition_data {
+            let begun = match (acks, p.records) {
+                (None, _) => Err(BrokerError::InvalidRequiredAcks(request.acks)),
+                (Some(acks), Some(records)) => {
+                    broker
+                        .produce(t.name.as_str(), p.index, records, acks, timeout)
+                        .await
+                }
+                (Some(_), None) => Err(BrokerError::CorruptMessage(
+                    strata_storage::batch::BatchError::Empty,
+                )),
+            };
+            if let Err(e) = &begun {
+                tracing::warn!(
+                    peer = %req.peer,
+                    topic = t.name.as_str(),
+                    partition = p.index,
+                    error = %e,
+                    "produce refused"
+                );
+            }
+            parts.push((p.index, begun));
+        }
+        topics.push((t.name, t.topic_id, parts));
+    }
+    if request.acks == 0 {
+        return Ok(Reply::Ready(None));
+    }
+    Ok(Reply::Task(tokio::spawn(async move {
+        let mut responses = Vec::with_capacity(topics.len());
+        for (name, topic_id, parts) in topics {
+            let waits = parts.into_iter().map(|(index, begun)| async move {
+                let result = match begun {
+                    Ok(wait) => wait.await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(offset) => PartitionProduceResponse::default()
+                        .with_index(index)
+                        .with_base_offset(offset.0)
+                        .with_log_start_offset(-1),
+                    Err(e) => partition_error(index, &e),
+                }
+            });
+            responses.push(
+                TopicProduceResponse::default()
+                    .with_name(name)
+                    .with_topic_id(topic_id)
+                    .with_partition_responses(join_all(waits).await),
+            );
+        }
+        let body = ProduceResponse::default().with_responses(responses);
+        req.encode(&body).map(Some)
+    })))
+}

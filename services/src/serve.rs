@@ -1,0 +1,161 @@
+//! `strata serve`: opens the storage, starts the front ends, and shuts down cleanly.
+//!
+//! Start-up order matters for the promises made to clients: the catalog and object store are
+//! reached first (a misconfigured URL fails fast, before any port opens), then the WAL is
+//! recovered and its unflushed entries re-buffered, and only then do the listeners accept
+//! clients. SIGTERM (or Ctrl-C) stops the listeners, flushes everything accepted to the object
+//! store, and exits 0.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use strata_storage::cache::ReadCache;
+use strata_storage::catalog::{BrokerInfo, Catalog, SqlCatalog};
+use strata_storage::objects::ObjectStorage;
+use strata_storage::{Engine, EngineConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::broker::{Broker, BrokerConfig, TopicDefaults};
+use crate::config::ServeArgs;
+
+/// The broker id: the flag, else the one kept in `<data-dir>/broker-id`, else a new one,
+/// kept there for next time.
+fn broker_id(args: &ServeArgs) -> Result<i32> {
+    if let Some(id) = args.broker_id {
+        return Ok(id);
+    }
+    let path = args.data_dir.join("broker-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return text.trim().parse().with_context(|| {
+            format!(
+                "{} does not hold a broker id; delete it or pass --broker-id",
+                path.display()
+            )
+        });
+    }
+    let id = (uuid::Uuid::new_v4().as_u128() % (i32::MAX as u128 - 1)) as i32 + 1;
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
+fn advertised(args: &ServeArgs) -> Result<(String, u16)> {
+    match &args.advertised_kafka_addr {
+        Some(addr) => {
+            let (host, port) = addr
+                .rsplit_once(':')
+                .with_context(|| format!("--advertised-kafka-addr '{addr}' must be HOST:PORT"))?;
+            let port = port
+                .parse()
+                .with_context(|| format!("--advertised-kafka-addr '{addr}' has a bad port"))?;
+            Ok((host.to_string(), port))
+        }
+        None => Ok((args.kafka_addr.ip().to_string(), args.kafka_addr.port())),
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for {what} on {addr}; is another broker running? choose another address with the flag")
+    })
+}
+
+/// Runs the broker until SIGTERM or Ctrl-C.
+pub async fn run(args: ServeArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let node_id = broker_id(&args)?;
+    let catalog_url = args.catalog_url();
+    let catalog: Arc<dyn Catalog> = Arc::new(
+        SqlCatalog::connect(&catalog_url)
+            .await
+            .with_context(|| format!("cannot open the catalog at {catalog_url}"))?,
+    );
+    let objects_url = args.objects_url().map_err(anyhow::Error::msg)?;
+    let objects = ObjectStorage::from_url(&objects_url)?;
+    let cache = ReadCache::open(
+        args.cache_memory,
+        Some((args.data_dir.join("cache"), args.cache_disk)),
+    )
+    .await?;
+    let kafka = bind(args.kafka_addr, "Kafka").await?;
+    let http = bind(args.http_addr, "HTTP").await?;
+
+    let topics = catalog.list_topics().await?;
+    let engine = Engine::open(
+        EngineConfig {
+            broker_id: node_id.to_string(),
+            wal_dir: args.data_dir.join("wal"),
+            flush_interval: Duration::from_millis(args.flush_interval_ms.max(1)),
+            flush_bytes: args.flush_bytes.max(1),
+        },
+        catalog.clone(),
+        objects,
+        cache.clone(),
+        &Broker::all_partitions(&topics),
+    )
+    .await?;
+    let advertised_kafka = advertised(&args)?;
+    catalog
+        .register_broker(&BrokerInfo {
+            id: node_id.to_string(),
+            kafka_addr: format!("{}:{}", advertised_kafka.0, advertised_kafka.1),
+            zone: args.zone.clone(),
+            heartbeat_ms: 0,
+        })
+        .await?;
+    let broker = Broker::open(
+        engine.clone(),
+        BrokerConfig {
+            node_id,
+            advertised_kafka,
+            zone: args.zone.clone(),
+            auto_create_topics: args.auto_create_topics,
+            default_partitions: args.default_partitions.max(1),
+            topic_defaults: TopicDefaults {
+                max_message_bytes: args.max_message_bytes,
+            },
+        },
+    )
+    .await?;
+
+    let (stop, stopped) = watch::channel(false);
+    let kafka_task = tokio::spawn(crate::kafka::serve(
+        kafka,
+        broker,
+        args.max_request_bytes,
+        stopped.clone(),
+    ));
+    let http_task = tokio::spawn(crate::http::serve(http, stopped));
+    tracing::info!(
+        node_id,
+        kafka = %args.kafka_addr,
+        http = %args.http_addr,
+        catalog = %catalog_url,
+        objects = %objects_url,
+        data_dir = %args.data_dir.display(),
+        "strata broker ready"
+    );
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: flushing everything accepted to the object store");
+    stop.send_replace(true);
+    let _ = kafka_task.await;
+    engine.shutdown().await;
+    cache.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C")?,
+    }
+    Ok(())
+}
