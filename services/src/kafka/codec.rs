@@ -1,13 +1,14 @@
 //! Kafka framing: a big-endian `i32` length, then that many bytes of header and body.
 //!
-//! The length is checked against the broker's limit before a single byte is allocated for
-//! the frame, so a client claiming a 2 GiB request costs nothing but a closed connection.
+//! The framing itself is [`strata_proto::frame`]; this module adds Kafka's error handling
+//! and response headers.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, ResponseHeader};
 use kafka_protocol::protocol::Encodable;
+use strata_proto::frame::{self, FrameError};
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 
 /// Why a connection is being closed.
 #[derive(Debug, Error)]
@@ -40,24 +41,20 @@ pub enum ConnError {
     Encode(String),
 }
 
-/// Reads one frame. `Ok(None)` on a clean end of stream between frames.
+/// Smallest Kafka request: api key, version and correlation id.
+const MIN_REQUEST: usize = 8;
+
+/// Reads one request frame. `Ok(None)` on a clean end of stream between frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     limit: usize,
 ) -> Result<Option<Bytes>, ConnError> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = i32::from_be_bytes(len);
-    if len < 8 || len as usize > limit {
-        return Err(ConnError::BadLength { len, limit });
-    }
-    let mut buf = BytesMut::zeroed(len as usize);
-    r.read_exact(&mut buf).await?;
-    Ok(Some(buf.freeze()))
+    frame::read_frame(r, MIN_REQUEST, limit)
+        .await
+        .map_err(|e| match e {
+            FrameError::Io(e) => ConnError::Io(e),
+            FrameError::BadLength { len, .. } => ConnError::BadLength { len, limit },
+        })
 }
 
 /// Encodes a response frame: length, response header, body.
@@ -69,38 +66,10 @@ pub fn encode_response<R: Encodable>(
 ) -> Result<Bytes, ConnError> {
     let header_version = api.response_header_version(version);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
+    let mut buf = frame::start_frame();
     header
         .encode(&mut buf, header_version)
         .and_then(|()| body.encode(&mut buf, version))
         .map_err(|e| ConnError::Encode(format!("{api:?} v{version}: {e}")))?;
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(buf.freeze())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn lengths_are_checked_before_allocation() {
-        let mut huge: &[u8] = &i32::MAX.to_be_bytes();
-        assert!(matches!(
-            read_frame(&mut huge, 1 << 20).await,
-            Err(ConnError::BadLength { .. })
-        ));
-        let mut negative: &[u8] = &(-5i32).to_be_bytes();
-        assert!(matches!(
-            read_frame(&mut negative, 1 << 20).await,
-            Err(ConnError::BadLength { .. })
-        ));
-        let mut empty: &[u8] = &[];
-        assert!(read_frame(&mut empty, 1 << 20).await.unwrap().is_none());
-        let mut frame = 8i32.to_be_bytes().to_vec();
-        frame.extend_from_slice(&[1; 8]);
-        let mut r: &[u8] = &frame;
-        assert_eq!(read_frame(&mut r, 100).await.unwrap().unwrap().len(), 8);
-    }
+    Ok(frame::finish_frame(buf))
 }
