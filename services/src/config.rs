@@ -90,7 +90,7 @@ pub struct ServeArgs {
     pub zone: Option<String>,
 
     /// Create topics on first use (Kafka's `auto.create.topics.enable`).
-    #[arg(long, env = "STRATA_AUTO_CREATE_TOPICS", default_value = "true", value_parser = parse_bool)]
+    #[arg(long, env = "STRATA_AUTO_CREATE_TOPICS", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub auto_create_topics: bool,
 
     /// Partitions of an auto-created topic (Kafka's `num.partitions`).

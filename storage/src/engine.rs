@@ -143,6 +143,8 @@ pub(crate) struct Inner {
     pub state: Mutex<IngestState>,
     /// Wakes the flusher early when `flush_bytes` is reached.
     pub flush_now: Notify,
+    /// Wakes appends waiting for buffer room when a flush takes the buffer.
+    pub room: Notify,
     /// Tells the flusher to do a last flush and stop.
     pub shutdown: watch::Sender<bool>,
     /// The flusher task, awaited at shutdown.
@@ -206,6 +208,7 @@ impl Engine {
                 wal,
                 state: Mutex::new(IngestState::default()),
                 flush_now: Notify::new(),
+                room: Notify::new(),
                 shutdown,
                 flusher: Mutex::new(None),
             }),
@@ -375,6 +378,26 @@ impl Engine {
             self.inner.flush_now.notify_one();
         }
         Ok(Appended { base_offset, wait })
+    }
+
+    /// Most bytes the pending buffer may hold before appends wait: several flushes' worth, so
+    /// a slow object store slows producers down instead of growing memory without bound.
+    fn max_pending(&self) -> usize {
+        (self.inner.config.flush_bytes * 4).max(64 << 20)
+    }
+
+    /// Waits until the pending buffer has room, or `deadline` passes (then returns false).
+    /// Appends call this first; with a healthy object store it returns at once.
+    pub async fn wait_for_room(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let notified = self.inner.room.notified();
+            if self.lock().pending_bytes < self.max_pending() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// The high watermark of a partition this broker owns, as a watch that changes when a

@@ -68,6 +68,7 @@ fn take(engine: &Engine) -> Option<Taken> {
     let pending = std::mem::take(&mut state.pending);
     state.pending_bytes = 0;
     metrics().unflushed_bytes.set(0);
+    engine.inner.room.notify_waiters();
     let waiters = std::mem::take(&mut state.waiters);
     let epochs = pending
         .iter()

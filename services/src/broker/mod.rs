@@ -289,9 +289,13 @@ impl Broker {
                 .map(|b| b.compress_zstd(ZSTD_LEVEL))
                 .collect();
         }
+        let deadline = tokio::time::Instant::now() + timeout;
+        if !self.engine.wait_for_room(deadline).await {
+            return Err(BrokerError::Timeout(timeout.as_millis() as u64));
+        }
         let appended = self.engine.append(tp, batches, acks)?;
         Ok(async move {
-            match tokio::time::timeout(timeout, appended.durable()).await {
+            match tokio::time::timeout_at(deadline, appended.durable()).await {
                 Ok(result) => result.map_err(BrokerError::from),
                 Err(_) => Err(BrokerError::Timeout(timeout.as_millis() as u64)),
             }
