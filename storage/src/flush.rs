@@ -104,7 +104,8 @@ async fn flush_once(engine: &Engine) {
     let started = Instant::now();
     // Group by partition; a stable sort keeps each partition's batches in offset order.
     taken.pending.sort_by_key(|p| p.tp);
-    let mut builder = SegmentBuilder::new();
+    let total: usize = taken.pending.iter().map(|p| p.batch.len()).sum();
+    let mut builder = SegmentBuilder::with_capacity(total + 72 * taken.epochs.len());
     for p in taken
         .pending
         .iter()

@@ -26,6 +26,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use thiserror::Error;
 
 use crate::metrics::metrics;
+use crate::simulate::{Delay, LatencySim};
 
 /// What went wrong talking to the object store.
 #[derive(Debug, Error)]
@@ -68,6 +69,8 @@ pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
+    /// Simulated latency for load tests; `None` in normal operation.
+    sim: Option<LatencySim>,
 }
 
 fn bad_url(url: &str, reason: impl ToString) -> ObjectsError {
@@ -88,13 +91,18 @@ impl ObjectStorage {
                     .to_file_path()
                     .map_err(|()| bad_url(url, "not a local path"))?;
                 std::fs::create_dir_all(&dir).map_err(|e| bad_url(url, e))?;
+                // fsync: an object acknowledged as durable (acks=all) must survive a power
+                // loss, as it would on S3; without it, it could sit only in the page cache
+                // after the WAL that also held it was truncated.
                 let fs = LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|e| bad_url(url, e))?
-                    .with_automatic_cleanup(true);
+                    .with_automatic_cleanup(true)
+                    .with_fsync(true);
                 return Ok(ObjectStorage {
                     store: Arc::new(fs),
                     prefix: Path::default(),
                     url: url.to_string(),
+                    sim: None,
                 });
             }
             "memory" => Arc::new(InMemory::new()),
@@ -127,7 +135,20 @@ impl ObjectStorage {
             store,
             prefix,
             url: url.to_string(),
+            sim: None,
         })
+    }
+
+    /// The same store with every PUT and GET delayed as `sim` says (load tests only).
+    pub fn with_simulated_latency(mut self, sim: LatencySim) -> ObjectStorage {
+        self.sim = Some(sim);
+        self
+    }
+
+    async fn simulate(&self, delay: impl Fn(&LatencySim) -> Delay) {
+        if let Some(sim) = &self.sim {
+            tokio::time::sleep(delay(sim).sample()).await;
+        }
     }
 
     /// The URL this store was opened from.
@@ -173,6 +194,7 @@ impl ObjectStorage {
     /// Writes a whole object atomically.
     pub async fn put(&self, key: &str, data: Bytes) -> Result<(), ObjectsError> {
         let started = Instant::now();
+        self.simulate(|s| s.put).await;
         let len = data.len() as u64;
         let result = self
             .store
@@ -184,6 +206,7 @@ impl ObjectStorage {
     /// Reads a byte range of an object.
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ObjectsError> {
         let started = Instant::now();
+        self.simulate(|s| s.get).await;
         let result = self.store.get_range(&self.path(key), range).await;
         let len = result.as_ref().map_or(0, |b| b.len() as u64);
         self.record("get", key, len, started, result)
@@ -192,6 +215,7 @@ impl ObjectStorage {
     /// Reads a whole object.
     pub async fn get(&self, key: &str) -> Result<Bytes, ObjectsError> {
         let started = Instant::now();
+        self.simulate(|s| s.get).await;
         let result = match self.store.get(&self.path(key)).await {
             Ok(r) => r.bytes().await,
             Err(e) => Err(e),

@@ -79,6 +79,15 @@ impl SegmentBuilder {
         SegmentBuilder::default()
     }
 
+    /// An empty builder with room for `bytes` of batches, so building a large segment never
+    /// reallocates and copies it.
+    pub fn with_capacity(bytes: usize) -> SegmentBuilder {
+        SegmentBuilder {
+            data: BytesMut::with_capacity(bytes + 4096),
+            extents: Vec::new(),
+        }
+    }
+
     /// Appends a batch of `tp` whose first record has offset `base_offset`.
     pub fn add(&mut self, tp: TopicPartition, base_offset: Offset, batch: &Batch) {
         let start = self.data.len() as u64;
@@ -161,7 +170,7 @@ pub fn read_footer(object: &[u8]) -> Result<Vec<ExtentMeta>, SegmentError> {
         .checked_sub(footer_len)
         .ok_or(SegmentError::Truncated)?;
     let mut footer = &object[footer_start..footer_end];
-    if crc32c::crc32c(footer) != crc || footer_len % ENTRY_LEN != 0 {
+    if crc32c::crc32c(footer) != crc || !footer_len.is_multiple_of(ENTRY_LEN) {
         return Err(SegmentError::BadCrc);
     }
     let mut out = Vec::with_capacity(footer_len / ENTRY_LEN);
