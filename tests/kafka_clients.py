@@ -271,11 +271,13 @@ def produce_kafka_python(bootstrap: str, topic: str, records: Sequence[Rec], tim
 
 
 def consume_kafka_python(bootstrap: str, topic: str, partition: int, start: int = 0,
-                         timeout: float = 60) -> list[Rec]:
+                         timeout: float = 60, **conf) -> list[Rec]:
+    """Read ``[start, high watermark)`` of one partition; ``conf`` overrides KafkaConsumer settings."""
     from kafka import KafkaConsumer, TopicPartition as KTP
 
-    consumer = KafkaConsumer(**_kp_common(bootstrap), group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="none", fetch_max_wait_ms=100, check_crcs=True)
+    consumer = KafkaConsumer(**{**_kp_common(bootstrap), "group_id": None, "enable_auto_commit": False,
+                                "auto_offset_reset": "none", "fetch_max_wait_ms": 100,
+                                "check_crcs": True, **conf})
     try:
         tp = KTP(topic, partition)
         consumer.assign([tp])
