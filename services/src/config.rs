@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
+use strata_storage::simulate::LatencySim;
 
 /// Parses a byte size: a plain number, or one with a unit (`KiB`, `MiB`, `GiB`, `KB`, `MB`,
 /// `GB`, or just `K`, `M`, `G`, all powers of 1024 except the `B`-suffixed decimal ones).
@@ -101,6 +102,12 @@ pub struct ServeArgs {
     /// (Kafka's `message.max.bytes`).
     #[arg(long, env = "STRATA_MAX_MESSAGE_BYTES", default_value = "1048588", value_parser = parse_size)]
     pub max_message_bytes: usize,
+
+    /// SIMULATION, for load tests only: delay every object-store PUT and GET by a
+    /// log-normal latency, given as `put=P50:P99,get=P50:P99` in ms (e.g.
+    /// `put=100:200,get=20:60`). Off by default.
+    #[arg(long, env = "STRATA_SIMULATE_OBJECT_STORE_LATENCY")]
+    pub simulate_object_store_latency: Option<LatencySim>,
 
     /// Largest Kafka request frame accepted; larger ones close the connection
     /// (Kafka's `socket.request.max.bytes`).

@@ -74,7 +74,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot open the catalog at {catalog_url}"))?,
     );
     let objects_url = args.objects_url().map_err(anyhow::Error::msg)?;
-    let objects = ObjectStorage::from_url(&objects_url)?;
+    let mut objects = ObjectStorage::from_url(&objects_url)?;
+    if let Some(sim) = args.simulate_object_store_latency {
+        tracing::warn!(
+            ?sim,
+            "SIMULATION: object-store calls are delayed on purpose"
+        );
+        objects = objects.with_simulated_latency(sim);
+    }
     let cache = ReadCache::open(
         args.cache_memory,
         Some((args.data_dir.join("cache"), args.cache_disk)),

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod objects;
 pub mod records;
 pub mod segment;
+pub mod simulate;
 pub mod types;
 pub mod wal;
 
