@@ -103,6 +103,16 @@ pub struct ServeArgs {
     #[arg(long, env = "STRATA_MAX_MESSAGE_BYTES", default_value = "1048588", value_parser = parse_size)]
     pub max_message_bytes: usize,
 
+    /// How long the first rebalance of an empty consumer group waits for more members
+    /// (Kafka's `group.initial.rebalance.delay.ms`, whose 3 s default Strata shortens so a
+    /// lone consumer starts quickly).
+    #[arg(
+        long,
+        env = "STRATA_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        default_value_t = 300
+    )]
+    pub group_initial_rebalance_delay_ms: u64,
+
     /// SIMULATION, for load tests only: delay every object-store PUT and GET by a
     /// log-normal latency, given as `put=P50:P99,get=P50:P99` in ms (e.g.
     /// `put=100:200,get=20:60`). Off by default.

@@ -17,6 +17,7 @@ use strata_storage::{Engine, EngineConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::broker::groups::GroupConfig;
 use crate::broker::{Broker, BrokerConfig, TopicDefaults};
 use crate::config::ServeArgs;
 
@@ -123,6 +124,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             default_partitions: args.default_partitions.max(1),
             topic_defaults: TopicDefaults {
                 max_message_bytes: args.max_message_bytes,
+            },
+            groups: GroupConfig {
+                initial_rebalance_delay: Duration::from_millis(
+                    args.group_initial_rebalance_delay_ms,
+                ),
+                ..GroupConfig::default()
             },
         },
     )

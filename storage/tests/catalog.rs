@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use strata_storage::catalog::{Catalog, CatalogError, FlushCommit, SqlCatalog, tp};
+use strata_storage::catalog::{
+    Catalog, CatalogError, CommittedOffset, FlushCommit, SqlCatalog, tp,
+};
 use strata_storage::segment::ExtentMeta;
 use strata_storage::{Epoch, Offset, TopicPartition};
 
@@ -166,11 +168,48 @@ async fn stale_epoch_is_fenced(a: Arc<dyn Catalog>, b: Arc<dyn Catalog>) {
     assert!(extents[0].object_key.starts_with("b-obj"));
 }
 
+async fn group_offsets(c: &dyn Catalog) {
+    let t = c
+        .create_topic(&unique("offsets"), 2, &BTreeMap::new())
+        .await
+        .unwrap();
+    let group = unique("group");
+    let commit = |p: i32, offset: i64| CommittedOffset {
+        tp: tp(t.id, p),
+        offset,
+        leader_epoch: -1,
+        metadata: Some(format!("m{offset}")),
+    };
+    c.commit_offsets(&group, &[commit(0, 5), commit(1, 7)])
+        .await
+        .unwrap();
+    c.commit_offsets(&group, &[commit(0, 9)]).await.unwrap();
+    let mut got = c.committed_offsets(&group).await.unwrap();
+    got.sort_by_key(|o| o.tp);
+    assert_eq!(got, vec![commit(0, 9), commit(1, 7)]);
+    assert!(c.groups_with_offsets().await.unwrap().contains(&group));
+    assert_eq!(
+        c.delete_offsets(&group, Some(&[tp(t.id, 1)]))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        c.committed_offsets(&group).await.unwrap(),
+        vec![commit(0, 9)]
+    );
+    // Deleting the topic takes its offsets with it.
+    c.delete_topic(&t.name).await.unwrap();
+    assert!(c.committed_offsets(&group).await.unwrap().is_empty());
+    assert_eq!(c.delete_offsets(&group, None).await.unwrap(), 0);
+}
+
 async fn suite(url: &str) {
     let a: Arc<dyn Catalog> = Arc::new(SqlCatalog::connect(url).await.unwrap());
     let b: Arc<dyn Catalog> = Arc::new(SqlCatalog::connect(url).await.unwrap());
     topics_and_configs(a.as_ref()).await;
     commits_advance_and_extents_are_found(a.as_ref()).await;
+    group_offsets(a.as_ref()).await;
     stale_epoch_is_fenced(a, b).await;
 }
 

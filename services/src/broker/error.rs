@@ -72,6 +72,48 @@ pub enum BrokerError {
     /// The broker is shutting down.
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// A group request named a member the group does not have.
+    #[error("member '{0}' is not in the group")]
+    UnknownMemberId(String),
+    /// A group request carried a generation other than the group's current one.
+    #[error("generation {got} is not the group's current generation {current}")]
+    IllegalGeneration {
+        /// The generation the client sent.
+        got: i32,
+        /// The group's generation.
+        current: i32,
+    },
+    /// The group is rebalancing: the member must rejoin.
+    #[error("the group is rebalancing; rejoin")]
+    RebalanceInProgress,
+    /// The member's protocol type or protocols do not match the group's.
+    #[error("{0}")]
+    InconsistentGroupProtocol(String),
+    /// A session timeout outside the broker's bounds.
+    #[error("session timeout {got} ms is outside [{min}, {max}] ms")]
+    InvalidSessionTimeout {
+        /// What the client asked for.
+        got: i64,
+        /// The smallest allowed.
+        min: i64,
+        /// The largest allowed.
+        max: i64,
+    },
+    /// KIP-394: a new member must rejoin with the id it is given.
+    #[error("rejoin with member id '{0}'")]
+    MemberIdRequired(String),
+    /// Deleting a group that still has members.
+    #[error("group '{0}' still has members")]
+    NonEmptyGroup(String),
+    /// No such group.
+    #[error("group '{0}' does not exist")]
+    GroupIdNotFound(String),
+    /// An empty group id.
+    #[error("the group id is empty")]
+    InvalidGroupId,
+    /// A static member (`group.instance.id`) replaced by a newer instance with the same id.
+    #[error("instance '{0}' was fenced by a newer member with the same group.instance.id")]
+    FencedInstanceId(String),
 }
 
 impl From<BatchError> for BrokerError {

@@ -5,6 +5,7 @@
 //! record produced over one protocol is the same record, at the same offset, on every other.
 
 mod error;
+pub mod groups;
 pub mod topics;
 
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +44,8 @@ pub struct BrokerConfig {
     pub default_partitions: i32,
     /// Defaults for topic configs.
     pub topic_defaults: TopicDefaults,
+    /// Consumer group coordinator settings.
+    pub groups: groups::GroupConfig,
 }
 
 /// A topic as the core serves it: catalog metadata plus parsed configs.
@@ -86,6 +89,7 @@ pub struct Broker {
     catalog: Arc<dyn Catalog>,
     config: Arc<BrokerConfig>,
     topics: Arc<RwLock<HashMap<String, Arc<Topic>>>>,
+    groups: groups::Coordinator,
 }
 
 impl Broker {
@@ -93,11 +97,13 @@ impl Broker {
     /// its partitions (this broker is the only one, for now).
     pub async fn open(engine: Engine, config: BrokerConfig) -> Result<Broker, BrokerError> {
         let catalog = engine.catalog().clone();
+        let groups = groups::Coordinator::new(catalog.clone(), config.groups.clone());
         let broker = Broker {
             engine,
             catalog,
             config: Arc::new(config),
             topics: Arc::new(RwLock::new(HashMap::new())),
+            groups,
         };
         for meta in broker.catalog.list_topics().await? {
             broker.remember(meta);
@@ -121,6 +127,22 @@ impl Broker {
     /// The storage engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The consumer group coordinator.
+    pub fn groups(&self) -> &groups::Coordinator {
+        &self.groups
+    }
+
+    /// The topic holding partition `tp`, by id (for committed offsets, which the catalog keys
+    /// by topic id).
+    pub fn topic_by_id(&self, id: strata_storage::TopicId) -> Option<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|t| t.meta.id == id)
+            .cloned()
     }
 
     fn remember(&self, meta: TopicMeta) -> Arc<Topic> {

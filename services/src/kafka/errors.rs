@@ -23,6 +23,16 @@ pub fn code(e: &BrokerError) -> i16 {
         BrokerError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         BrokerError::Storage(_) => ResponseError::KafkaStorageError,
         BrokerError::ShuttingDown => ResponseError::NotLeaderOrFollower,
+        BrokerError::UnknownMemberId(_) => ResponseError::UnknownMemberId,
+        BrokerError::IllegalGeneration { .. } => ResponseError::IllegalGeneration,
+        BrokerError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        BrokerError::InconsistentGroupProtocol(_) => ResponseError::InconsistentGroupProtocol,
+        BrokerError::InvalidSessionTimeout { .. } => ResponseError::InvalidSessionTimeout,
+        BrokerError::MemberIdRequired(_) => ResponseError::MemberIdRequired,
+        BrokerError::NonEmptyGroup(_) => ResponseError::NonEmptyGroup,
+        BrokerError::GroupIdNotFound(_) => ResponseError::GroupIdNotFound,
+        BrokerError::InvalidGroupId => ResponseError::InvalidGroupId,
+        BrokerError::FencedInstanceId(_) => ResponseError::FencedInstanceId,
     };
     r.code()
 }

@@ -39,7 +39,7 @@ pub fn api_versions(req: Req) -> Result<Bytes, ConnError> {
 /// The answer to an ApiVersions request of a version this broker does not speak: a v0
 /// response with UNSUPPORTED_VERSION and the versions it does, as Kafka sends.
 pub fn api_versions_unsupported(req: Req) -> Result<Bytes, ConnError> {
-    tracing::info!(peer = %req.peer, version = req.version, "ApiVersions version not supported; answering in v0");
+    tracing::info!(peer = %req.peer, version = req.version, "ApiVersions version newer than this broker speaks; answering in v0");
     let body = ApiVersionsResponse::default()
         .with_error_code(ResponseError::UnsupportedVersion.code())
         .with_api_keys(api_list());

@@ -17,6 +17,7 @@ mod admin;
 mod codec;
 mod errors;
 mod fetch;
+mod groups;
 mod metadata;
 mod offsets;
 mod produce;
@@ -42,7 +43,8 @@ pub use codec::ConnError;
 /// an UNSUPPORTED_VERSION answer instead, as Kafka does, so clients can negotiate).
 ///
 /// Caps below the crate's maxima, and why: Produce ≤ 12 and Fetch ≤ 12 because v13 names
-/// topics only by id; ListOffsets ≤ 6 because v7+ adds the max-timestamp query.
+/// topics only by id; ListOffsets ≤ 6 because v7+ adds the max-timestamp query; OffsetCommit
+/// and OffsetFetch ≤ 8 because v9 belongs to the KIP-848 group protocol.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 12),
     (ApiKey::Fetch, 4, 12),
@@ -53,6 +55,17 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// Requests in flight per connection before the reader stops taking more (backpressure).
@@ -254,7 +267,7 @@ async fn dispatch(
     if !supported {
         return Err(ConnError::UnsupportedVersion { api, version });
     }
-    RequestHeader::decode(&mut frame, api.request_header_version(version))
+    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
         .map_err(|e| ConnError::Malformed(format!("{api:?} header: {e}")))?;
     let reply = match api {
         ApiKey::ApiVersions => Reply::Ready(Some(metadata::api_versions(req)?)),
@@ -287,6 +300,52 @@ async fn dispatch(
         )),
         ApiKey::DescribeConfigs => Reply::Ready(Some(
             admin::describe_configs(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::FindCoordinator => Reply::Ready(Some(groups::find_coordinator(
+            broker,
+            req,
+            decode(req, frame)?,
+        )?)),
+        ApiKey::JoinGroup => {
+            let request = decode(req, frame)?;
+            let broker = broker.clone();
+            let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
+            Reply::Task(tokio::spawn(async move {
+                groups::join_group(&broker, req, client_id, request)
+                    .await
+                    .map(Some)
+            }))
+        }
+        ApiKey::SyncGroup => {
+            let request = decode(req, frame)?;
+            let broker = broker.clone();
+            Reply::Task(tokio::spawn(async move {
+                groups::sync_group(&broker, req, request).await.map(Some)
+            }))
+        }
+        ApiKey::Heartbeat => {
+            Reply::Ready(Some(groups::heartbeat(broker, req, decode(req, frame)?)?))
+        }
+        ApiKey::LeaveGroup => {
+            Reply::Ready(Some(groups::leave_group(broker, req, decode(req, frame)?)?))
+        }
+        ApiKey::OffsetCommit => Reply::Ready(Some(
+            groups::offset_commit(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::OffsetFetch => Reply::Ready(Some(
+            groups::offset_fetch(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::ListGroups => Reply::Ready(Some(
+            groups::list_groups(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::DescribeGroups => Reply::Ready(Some(
+            groups::describe_groups(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::DeleteGroups => Reply::Ready(Some(
+            groups::delete_groups(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::OffsetDelete => Reply::Ready(Some(
+            groups::offset_delete(broker, req, decode(req, frame)?).await?,
         )),
         other => {
             return Err(ConnError::UnsupportedVersion {

@@ -115,6 +115,19 @@ pub struct FlushCommit {
     pub extents: Vec<(ExtentMeta, Epoch)>,
 }
 
+/// A consumer group's committed offset for one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// The next offset the group will read.
+    pub offset: i64,
+    /// The leader epoch the client saw (-1 when unknown).
+    pub leader_epoch: i32,
+    /// Client metadata stored with the commit.
+    pub metadata: Option<String>,
+}
+
 /// A registered broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerInfo {
@@ -194,6 +207,28 @@ pub trait Catalog: Send + Sync {
         tp: TopicPartition,
         timestamp: i64,
     ) -> Result<Option<Extent>, CatalogError>;
+
+    /// Stores a group's committed offsets (replacing earlier ones for the same partitions),
+    /// all or none.
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: &[CommittedOffset],
+    ) -> Result<(), CatalogError>;
+
+    /// Every committed offset of a group.
+    async fn committed_offsets(&self, group: &str) -> Result<Vec<CommittedOffset>, CatalogError>;
+
+    /// Deletes a group's committed offsets: all of them, or only those of `tps`. Returns how
+    /// many were deleted.
+    async fn delete_offsets(
+        &self,
+        group: &str,
+        tps: Option<&[TopicPartition]>,
+    ) -> Result<u64, CatalogError>;
+
+    /// The groups that have committed offsets.
+    async fn groups_with_offsets(&self) -> Result<Vec<String>, CatalogError>;
 
     /// Registers `broker` (or refreshes its row) with a heartbeat of now.
     async fn register_broker(&self, broker: &BrokerInfo) -> Result<(), CatalogError>;

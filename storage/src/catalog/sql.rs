@@ -15,16 +15,18 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
 
 use super::{
-    BrokerInfo, Catalog, CatalogError, Extent, FlushCommit, PartitionState, TopicMeta, tp,
+    BrokerInfo, Catalog, CatalogError, CommittedOffset, Extent, FlushCommit, PartitionState,
+    TopicMeta, tp,
 };
 use crate::segment::ExtentMeta;
 use crate::types::{Epoch, Offset, PartitionId, TopicId, TopicPartition};
 
 /// The schema, as an ordered list of migrations. A migration is never edited once released;
 /// changes come as new entries. Both engines run the same text.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "initial schema",
-    r#"
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "initial schema",
+        r#"
 CREATE TABLE IF NOT EXISTS topics (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -72,7 +74,23 @@ CREATE TABLE IF NOT EXISTS brokers (
     heartbeat_ms BIGINT NOT NULL
 )
 "#,
-)];
+    ),
+    (
+        "consumer group offsets",
+        r#"
+CREATE TABLE IF NOT EXISTS group_offsets (
+    group_id TEXT NOT NULL,
+    topic_id TEXT NOT NULL,
+    partition_id INTEGER NOT NULL,
+    committed_offset BIGINT NOT NULL,
+    leader_epoch INTEGER NOT NULL,
+    metadata TEXT,
+    commit_ms BIGINT NOT NULL,
+    PRIMARY KEY (group_id, topic_id, partition_id)
+)
+"#,
+    ),
+];
 
 /// Which engine a [`SqlCatalog`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,7 +288,7 @@ impl Catalog for SqlCatalog {
         if deleted.rows_affected() == 0 {
             return Err(CatalogError::UnknownTopic(name.to_string()));
         }
-        for table in ["topic_configs", "partitions", "extents"] {
+        for table in ["topic_configs", "partitions", "extents", "group_offsets"] {
             sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE topic_id = $1"
             )))
@@ -522,6 +540,93 @@ impl Catalog for SqlCatalog {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(extent_from_row).transpose()
+    }
+
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: &[CommittedOffset],
+    ) -> Result<(), CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        for o in offsets {
+            sqlx::query(
+                "INSERT INTO group_offsets \
+                 (group_id, topic_id, partition_id, committed_offset, leader_epoch, metadata, commit_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (group_id, topic_id, partition_id) DO UPDATE SET \
+                 committed_offset = $4, leader_epoch = $5, metadata = $6, commit_ms = $7",
+            )
+            .bind(group)
+            .bind(o.tp.topic.to_string())
+            .bind(o.tp.partition.0)
+            .bind(o.offset)
+            .bind(o.leader_epoch)
+            .bind(o.metadata.clone())
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn committed_offsets(&self, group: &str) -> Result<Vec<CommittedOffset>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT topic_id, partition_id, committed_offset, leader_epoch, metadata \
+             FROM group_offsets WHERE group_id = $1",
+        )
+        .bind(group)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CommittedOffset {
+                    tp: tp(
+                        parse_topic_id(&r.try_get::<String, _>("topic_id")?)?,
+                        r.try_get("partition_id")?,
+                    ),
+                    offset: r.try_get("committed_offset")?,
+                    leader_epoch: r.try_get("leader_epoch")?,
+                    metadata: r.try_get("metadata")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_offsets(
+        &self,
+        group: &str,
+        tps: Option<&[TopicPartition]>,
+    ) -> Result<u64, CatalogError> {
+        let Some(tps) = tps else {
+            let done = sqlx::query("DELETE FROM group_offsets WHERE group_id = $1")
+                .bind(group)
+                .execute(&self.pool)
+                .await?;
+            return Ok(done.rows_affected());
+        };
+        let mut tx = self.pool.begin().await?;
+        let mut deleted = 0;
+        for tp in tps {
+            deleted += sqlx::query(
+                "DELETE FROM group_offsets WHERE group_id = $1 AND topic_id = $2 AND partition_id = $3",
+            )
+            .bind(group)
+            .bind(tp.topic.to_string())
+            .bind(tp.partition.0)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn groups_with_offsets(&self) -> Result<Vec<String>, CatalogError> {
+        let rows = sqlx::query("SELECT DISTINCT group_id FROM group_offsets ORDER BY group_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("group_id")?)).collect()
     }
 
     async fn register_broker(&self, broker: &BrokerInfo) -> Result<(), CatalogError> {
