@@ -147,3 +147,68 @@ pub fn table(reports: &[Report]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throughput_is_derived_from_bytes_and_seconds() {
+        let r = Report::new("W1", 2_000, 4_000_000, 2.0);
+        assert_eq!(r.mb_per_s, 2.0);
+        assert_eq!(r.records_per_s, 1000.0);
+        // A zero-length phase does not divide by zero.
+        assert!(Report::new("W5 idle", 0, 0, 0.0).mb_per_s == 0.0);
+    }
+
+    #[test]
+    fn percentiles_are_in_milliseconds() {
+        let mut h = crate::kafka::histogram();
+        for micros in 1..=1000u64 {
+            h.record(micros * 1000).unwrap();
+        }
+        let p = Percentiles::of(&h).unwrap();
+        assert!((p.p50 - 500.0).abs() < 2.0, "{p:?}");
+        assert!((p.p99 - 990.0).abs() < 2.0, "{p:?}");
+        assert!((p.max - 1000.0).abs() < 2.0, "{p:?}");
+        assert!(p.p50 <= p.p90 && p.p90 <= p.p99 && p.p99 <= p.p999 && p.p999 <= p.max);
+        assert!(Percentiles::of(&crate::kafka::histogram()).is_none());
+    }
+
+    #[test]
+    fn store_counts_subtract_and_json_has_the_contract_fields() {
+        let before = StoreCounts {
+            put: 1,
+            get: 2,
+            put_bytes: 10,
+            get_bytes: 20,
+        };
+        let after = StoreCounts {
+            put: 5,
+            get: 2,
+            put_bytes: 60,
+            get_bytes: 25,
+        };
+        let mut r = Report::new("W1", 1, 1, 1.0);
+        r.object_store = Some(after.since(before));
+        let json = serde_json::to_value(&r).unwrap();
+        for field in [
+            "workload",
+            "protocol",
+            "records",
+            "bytes",
+            "seconds",
+            "mb_per_s",
+            "records_per_s",
+            "latency_ms",
+            "e2e_latency_ms",
+            "object_store",
+            "broker_peak_rss_bytes",
+        ] {
+            assert!(json.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(json["object_store"]["put"], 4);
+        assert_eq!(json["object_store"]["get_bytes"], 5);
+        assert!(table(&[r]).contains("4 PUT (50 bytes)"));
+    }
+}
