@@ -79,7 +79,7 @@ pub enum BatchError {
     #[error("record batch length {0} is invalid")]
     BadLength(i32),
     /// Only magic 2 is accepted: older formats have no CRC32C and no producer fields.
-    #[error("record batch magic {0} is not supported (only magic 2)")]
+    #[error("record batch magic {0} is refused: Strata stores only magic 2 batches")]
     BadMagic(i8),
     /// The CRC32C over attributes..end does not match.
     #[error("record batch CRC mismatch: header says {expected:#010x}, bytes give {actual:#010x}")]
@@ -307,6 +307,21 @@ impl Batch {
     /// The producer id (-1 when the producer is not idempotent).
     pub fn producer_id(&self) -> i64 {
         be_i64(&self.bytes, 43)
+    }
+
+    /// The producer epoch.
+    pub fn producer_epoch(&self) -> i16 {
+        be_i16(&self.bytes, 51)
+    }
+
+    /// The sequence number of the first record (-1 when the producer is not idempotent).
+    pub fn base_sequence(&self) -> i32 {
+        be_i32(&self.bytes, 53)
+    }
+
+    /// Whether the batch is part of a transaction.
+    pub fn is_transactional(&self) -> bool {
+        self.attributes() & 0x10 != 0
     }
 
     /// Recompresses an uncompressed batch with zstd at `level`, keeping every header field

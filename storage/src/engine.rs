@@ -27,6 +27,7 @@ use crate::cache::ReadCache;
 use crate::catalog::{Catalog, CatalogError, Extent};
 use crate::metrics::metrics;
 use crate::objects::ObjectStorage;
+use crate::producers::{ProducerEntry, SequenceError, Verdict, producer_of};
 use crate::types::{Epoch, Offset, TopicPartition};
 use crate::wal::{Wal, WalEntry, WalError};
 
@@ -84,6 +85,12 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("the storage engine is shutting down")]
     ShuttingDown,
+    /// An idempotent producer's batch broke the sequence rules.
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+    /// An idempotent producer sent several batches for one partition in one request.
+    #[error("an idempotent producer must send one batch per partition per request")]
+    IdempotentBatchCount,
 }
 
 /// Tuning of the engine, from the broker's flags.
@@ -132,7 +139,12 @@ pub(crate) struct IngestState {
     pub pending_bytes: usize,
     /// `acks=all` appends waiting for the flush that will hold the current `pending`.
     pub waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    /// Idempotent producers' state including every accepted batch.
+    pub producers: ProducerMap,
 }
+
+/// Idempotent producer state by partition and producer id.
+pub(crate) type ProducerMap = HashMap<(TopicPartition, i64), ProducerEntry>;
 
 pub(crate) struct Inner {
     pub config: EngineConfig,
@@ -149,6 +161,9 @@ pub(crate) struct Inner {
     pub shutdown: watch::Sender<bool>,
     /// The flusher task, awaited at shutdown.
     pub flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Idempotent producers' state as of the last committed flush (the flusher's own view,
+    /// which it advances with each flush and commits to the catalog).
+    pub committed_producers: Mutex<ProducerMap>,
 }
 
 /// The storage engine of one broker. Cheap to clone.
@@ -168,6 +183,8 @@ enum AppendWait {
     None,
     Wal(crate::wal::Durable),
     Flush(oneshot::Receiver<Result<(), String>>),
+    /// A duplicate at `acks=all`: wait until the original's last offset is committed.
+    Committed(watch::Receiver<Offset>, Offset),
 }
 
 impl Appended {
@@ -181,6 +198,11 @@ impl Appended {
                 Ok(Err(e)) => return Err(EngineError::FlushFailed(e)),
                 Err(_) => return Err(EngineError::ShuttingDown),
             },
+            AppendWait::Committed(mut hwm, last) => {
+                hwm.wait_for(|h| *h > last)
+                    .await
+                    .map_err(|_| EngineError::ShuttingDown)?;
+            }
         }
         Ok(self.base_offset)
     }
@@ -211,6 +233,7 @@ impl Engine {
                 room: Notify::new(),
                 shutdown,
                 flusher: Mutex::new(None),
+                committed_producers: Mutex::new(HashMap::new()),
             }),
         };
         engine.claim(owned).await?;
@@ -243,7 +266,21 @@ impl Engine {
             .catalog
             .claim_partitions(&self.inner.config.broker_id, tps)
             .await?;
+        let producers = self.inner.catalog.producer_states(tps).await?;
+        {
+            let mut committed = self
+                .inner
+                .committed_producers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for p in &producers {
+                committed.insert((p.tp, p.producer_id), p.entry.clone());
+            }
+        }
         let mut state = self.lock();
+        for p in producers {
+            state.producers.insert((p.tp, p.producer_id), p.entry);
+        }
         for s in states {
             let log = state
                 .partitions
@@ -272,6 +309,7 @@ impl Engine {
         for tp in tps {
             state.partitions.remove(tp);
         }
+        state.producers.retain(|(tp, _), _| !tps.contains(tp));
     }
 
     fn replay(&self, recovered: Vec<WalEntry>) {
@@ -300,7 +338,17 @@ impl Engine {
                 );
                 continue;
             }
-            log.next_offset = entry.base_offset.plus(batch.offset_count());
+            let next = entry.base_offset.plus(batch.offset_count());
+            log.next_offset = next;
+            if let Some((pid, epoch, first, last)) = producer_of(&batch) {
+                state.producers.entry((entry.tp, pid)).or_default().record(
+                    epoch,
+                    first,
+                    last,
+                    entry.base_offset,
+                    next.plus(-1),
+                );
+            }
             state.pending_bytes += batch.len();
             state.pending.push(Pending {
                 tp: entry.tp,
@@ -328,6 +376,23 @@ impl Engine {
         acks: Acks,
     ) -> Result<Appended, EngineError> {
         let mut state = self.lock();
+        let idempotent = batches.iter().filter_map(producer_of).next();
+        if let Some((pid, epoch, first, last)) = idempotent {
+            if batches.len() != 1 {
+                return Err(EngineError::IdempotentBatchCount);
+            }
+            let verdict = state
+                .producers
+                .get(&(tp, pid))
+                .map_or(Ok(Verdict::Append), |e| e.check(epoch, first, last))?;
+            if let Verdict::Duplicate {
+                base_offset,
+                last_offset,
+            } = verdict
+            {
+                return self.duplicate(&state, tp, base_offset, last_offset, acks);
+            }
+        }
         let log = state
             .partitions
             .get_mut(&tp)
@@ -353,6 +418,15 @@ impl Engine {
             }
         }
         log.next_offset = next;
+        if let Some((pid, epoch, first, last)) = idempotent {
+            state.producers.entry((tp, pid)).or_default().record(
+                epoch,
+                first,
+                last,
+                base_offset,
+                next.plus(-1),
+            );
+        }
         let mut added = 0;
         for (entry, batch) in entries.into_iter().zip(batches) {
             added += batch.len();
@@ -377,6 +451,27 @@ impl Engine {
         if state.pending_bytes >= self.inner.config.flush_bytes {
             self.inner.flush_now.notify_one();
         }
+        Ok(Appended { base_offset, wait })
+    }
+
+    /// The answer to a retried idempotent batch: its original offsets, once the original is
+    /// as durable as this retry asks.
+    fn duplicate(
+        &self,
+        state: &IngestState,
+        tp: TopicPartition,
+        base_offset: Offset,
+        last_offset: Offset,
+        acks: Acks,
+    ) -> Result<Appended, EngineError> {
+        let log = state.partitions.get(&tp).ok_or(EngineError::NotOwner(tp))?;
+        let wait = match acks {
+            Acks::None => AppendWait::None,
+            // The original is ahead of this barrier in the WAL's FIFO.
+            Acks::Wal => AppendWait::Wal(self.inner.wal.barrier()?),
+            Acks::All => AppendWait::Committed(log.hwm.subscribe(), last_offset),
+        };
+        tracing::debug!(%tp, %base_offset, "duplicate idempotent batch; answering with its offset");
         Ok(Appended { base_offset, wait })
     }
 

@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
-use crate::catalog::{CatalogError, Extent, FlushCommit};
+use crate::catalog::{CatalogError, Extent, FlushCommit, ProducerState};
 use crate::engine::{Engine, Pending};
 use crate::metrics::metrics;
+use crate::producers::{ProducerEntry, producer_of};
 use crate::segment::{self, SegmentBuilder};
 use crate::types::{Epoch, TopicPartition};
 
@@ -113,13 +114,23 @@ async fn flush_once(engine: &Engine) {
     {
         builder.add(p.tp, p.base_offset, &p.batch);
     }
+    let producers = producer_updates(engine, &taken.pending, &taken.epochs);
     let outcome = if builder.is_empty() {
         Ok(Vec::new()) // every partition in it was deleted meanwhile
     } else {
-        write_segment(engine, builder, &taken.epochs).await
+        write_segment(engine, builder, &taken.epochs, &producers).await
     };
     match outcome {
         Ok(extents) => {
+            let mut committed = engine
+                .inner
+                .committed_producers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for p in producers {
+                committed.insert((p.tp, p.producer_id), p.entry);
+            }
+            drop(committed);
             publish(engine, &extents);
             for w in taken.waiters {
                 let _ = w.send(Ok(()));
@@ -154,6 +165,7 @@ async fn write_segment(
     engine: &Engine,
     builder: SegmentBuilder,
     epochs: &HashMap<TopicPartition, Epoch>,
+    producers: &[ProducerState],
 ) -> Result<Vec<Extent>, CatalogError> {
     let (object, metas) = builder.finish();
     let key = segment::new_key();
@@ -168,6 +180,7 @@ async fn write_segment(
         object_key: key.clone(),
         object_size: object.len() as u64,
         extents: metas.iter().map(|m| (*m, epochs[&m.tp])).collect(),
+        producers: producers.to_vec(),
     };
     let mut attempt = 0;
     loop {
@@ -194,6 +207,39 @@ async fn write_segment(
         engine.inner.cache.insert(e, bytes);
     }
     Ok(extents)
+}
+
+/// Idempotent producers' state after this flush's batches: the committed state advanced by
+/// exactly the batches being flushed (never by later ones still in the buffer, which a crash
+/// could lose while their sequence numbers stayed recorded).
+fn producer_updates(
+    engine: &Engine,
+    pending: &[Pending],
+    epochs: &HashMap<TopicPartition, Epoch>,
+) -> Vec<ProducerState> {
+    let committed = engine
+        .inner
+        .committed_producers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut updated: HashMap<(TopicPartition, i64), ProducerEntry> = HashMap::new();
+    for p in pending.iter().filter(|p| epochs.contains_key(&p.tp)) {
+        if let Some((pid, epoch, first, last)) = producer_of(&p.batch) {
+            let entry = updated
+                .entry((p.tp, pid))
+                .or_insert_with(|| committed.get(&(p.tp, pid)).cloned().unwrap_or_default());
+            let last_offset = p.base_offset.plus(p.batch.offset_count() - 1);
+            entry.record(epoch, first, last, p.base_offset, last_offset);
+        }
+    }
+    updated
+        .into_iter()
+        .map(|((tp, producer_id), entry)| ProducerState {
+            tp,
+            producer_id,
+            entry,
+        })
+        .collect()
 }
 
 /// Makes committed extents visible: tail index and high watermark of each partition.

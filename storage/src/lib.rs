@@ -19,6 +19,7 @@ pub mod fetch;
 mod flush;
 pub mod metrics;
 pub mod objects;
+pub mod producers;
 pub mod records;
 pub mod segment;
 pub mod simulate;

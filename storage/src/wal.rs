@@ -116,6 +116,9 @@ enum Command {
     Roll {
         done: oneshot::Sender<u64>,
     },
+    Barrier {
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// Handle to the WAL. Cheap to clone; every clone feeds the same writer thread.
@@ -258,6 +261,16 @@ impl Wal {
         Ok(rx)
     }
 
+    /// A handle that resolves once everything queued so far is synced, without writing
+    /// anything itself.
+    pub fn barrier(&self) -> Result<Durable, WalError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Barrier { done })
+            .map_err(|_| WalError::Closed)?;
+        Ok(Durable(rx))
+    }
+
     /// Seals the current file after every entry queued so far and starts a new one. The
     /// receiver yields the sequence number of the sealed file: once everything appended before
     /// the roll is committed elsewhere, [`Wal::truncate_through`] with it deletes those files.
@@ -340,6 +353,12 @@ impl Writer {
                         }
                         written = true;
                         waiters.extend(done);
+                    }
+                    Command::Barrier { done } => {
+                        // Sync even if nothing new was written: earlier groups are synced
+                        // already, so this costs one cheap fdatasync at most.
+                        written = true;
+                        waiters.push(done);
                     }
                     Command::Roll { done } => {
                         if written && result.is_ok() {

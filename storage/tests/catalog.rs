@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use strata_storage::catalog::{
-    Catalog, CatalogError, CommittedOffset, FlushCommit, SqlCatalog, tp,
+    Catalog, CatalogError, CommittedOffset, FlushCommit, ProducerState, SqlCatalog, tp,
 };
+use strata_storage::producers::ProducerEntry;
 use strata_storage::segment::ExtentMeta;
 use strata_storage::{Epoch, Offset, TopicPartition};
 
@@ -31,6 +32,7 @@ fn commit(key: &str, extents: &[(ExtentMeta, Epoch)]) -> FlushCommit {
         object_key: key.to_string(),
         object_size: 100,
         extents: extents.to_vec(),
+        producers: Vec::new(),
     }
 }
 
@@ -204,12 +206,39 @@ async fn group_offsets(c: &dyn Catalog) {
     assert_eq!(c.delete_offsets(&group, None).await.unwrap(), 0);
 }
 
+async fn producer_state_commits_with_the_data(c: &dyn Catalog) {
+    let t = c
+        .create_topic(&unique("idem"), 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    let p0 = tp(t.id, 0);
+    let epoch = c.claim_partitions("b", &[p0]).await.unwrap()[0].epoch;
+    let mut entry = ProducerEntry::default();
+    entry.record(0, 0, 9, Offset(0), Offset(9));
+    let mut flush = commit(&unique("obj"), &[(extent(p0, 0, 9), epoch)]);
+    flush.producers = vec![ProducerState {
+        tp: p0,
+        producer_id: 42,
+        entry: entry.clone(),
+    }];
+    c.commit_flush(&flush).await.unwrap();
+    let states = c.producer_states(&[p0]).await.unwrap();
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].entry, entry);
+    let (a, b) = (
+        c.allocate_producer_id().await.unwrap(),
+        c.allocate_producer_id().await.unwrap(),
+    );
+    assert_ne!(a, b);
+}
+
 async fn suite(url: &str) {
     let a: Arc<dyn Catalog> = Arc::new(SqlCatalog::connect(url).await.unwrap());
     let b: Arc<dyn Catalog> = Arc::new(SqlCatalog::connect(url).await.unwrap());
     topics_and_configs(a.as_ref()).await;
     commits_advance_and_extents_are_found(a.as_ref()).await;
     group_offsets(a.as_ref()).await;
+    producer_state_commits_with_the_data(a.as_ref()).await;
     stale_epoch_is_fenced(a, b).await;
 }
 

@@ -3,6 +3,7 @@
 
 use strata_storage::batch::BatchError;
 use strata_storage::catalog::CatalogError;
+use strata_storage::producers::SequenceError;
 use strata_storage::{EngineError, Offset};
 use thiserror::Error;
 
@@ -111,6 +112,16 @@ pub enum BrokerError {
     /// An empty group id.
     #[error("the group id is empty")]
     InvalidGroupId,
+    /// An idempotent producer's batch is not the next in its sequence.
+    #[error("{0}")]
+    OutOfOrderSequence(String),
+    /// An idempotent producer's epoch is older than its current one.
+    #[error("{0}")]
+    InvalidProducerEpoch(String),
+    /// A batch that breaks a rule of the record format (for example, several batches from
+    /// an idempotent producer for one partition).
+    #[error("{0}")]
+    InvalidRecord(String),
     /// A static member (`group.instance.id`) replaced by a newer instance with the same id.
     #[error("instance '{0}' was fenced by a newer member with the same group.instance.id")]
     FencedInstanceId(String),
@@ -153,6 +164,13 @@ impl From<EngineError> for BrokerError {
             },
             EngineError::ShuttingDown => BrokerError::ShuttingDown,
             EngineError::Catalog(c) => c.into(),
+            EngineError::Sequence(e @ SequenceError::OutOfOrder { .. }) => {
+                BrokerError::OutOfOrderSequence(e.to_string())
+            }
+            EngineError::Sequence(e @ SequenceError::InvalidEpoch { .. }) => {
+                BrokerError::InvalidProducerEpoch(e.to_string())
+            }
+            e @ EngineError::IdempotentBatchCount => BrokerError::InvalidRecord(e.to_string()),
             e => BrokerError::Storage(e.to_string()),
         }
     }

@@ -326,6 +326,20 @@ impl Broker {
         })
     }
 
+    /// A producer id and epoch for an idempotent producer: a new id, or — when the producer
+    /// names its current id and epoch (KIP-360) — the same id with the next epoch.
+    pub async fn init_producer_id(
+        &self,
+        current: Option<(i64, i16)>,
+    ) -> Result<(i64, i16), BrokerError> {
+        match current {
+            Some((id, epoch)) if id >= 0 && epoch >= 0 && epoch < i16::MAX - 1 => {
+                Ok((id, epoch + 1))
+            }
+            _ => Ok((self.catalog.allocate_producer_id().await?, 0)),
+        }
+    }
+
     /// Reads committed batches of one partition from `offset`, up to about `max_bytes`.
     pub async fn fetch(
         &self,

@@ -33,6 +33,9 @@ pub fn code(e: &BrokerError) -> i16 {
         BrokerError::GroupIdNotFound(_) => ResponseError::GroupIdNotFound,
         BrokerError::InvalidGroupId => ResponseError::InvalidGroupId,
         BrokerError::FencedInstanceId(_) => ResponseError::FencedInstanceId,
+        BrokerError::OutOfOrderSequence(_) => ResponseError::OutOfOrderSequenceNumber,
+        BrokerError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch,
+        BrokerError::InvalidRecord(_) => ResponseError::InvalidRecord,
     };
     r.code()
 }

@@ -66,6 +66,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 /// Requests in flight per connection before the reader stops taking more (backpressure).
@@ -300,6 +301,9 @@ async fn dispatch(
         )),
         ApiKey::DescribeConfigs => Reply::Ready(Some(
             admin::describe_configs(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::InitProducerId => Reply::Ready(Some(
+            produce::init_producer_id(broker, req, decode(req, frame)?).await?,
         )),
         ApiKey::FindCoordinator => Reply::Ready(Some(groups::find_coordinator(
             broker,

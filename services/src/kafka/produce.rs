@@ -2,9 +2,13 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::join_all;
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{
+    InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
+};
 use kafka_protocol::protocol::StrBytes;
 use strata_storage::Acks;
 
@@ -103,4 +107,37 @@ pub async fn produce(
         let body = ProduceResponse::default().with_responses(responses);
         req.encode(&body).map(Some)
     })))
+}
+
+/// InitProducerId for idempotent producers: a fresh producer id, or an epoch bump of the
+/// current one (v3+). Transactional ids are refused until transactions arrive: a
+/// transactional producer gets a clear error at `init_transactions` rather than a half-working
+/// transaction.
+pub async fn init_producer_id(
+    broker: &Broker,
+    req: Req,
+    request: InitProducerIdRequest,
+) -> Result<Bytes, ConnError> {
+    if request
+        .transactional_id
+        .as_ref()
+        .is_some_and(|t| !t.is_empty())
+    {
+        tracing::warn!(peer = %req.peer, "refusing InitProducerId with a transactional id: Strata has no transaction coordinator yet");
+        let body =
+            InitProducerIdResponse::default().with_error_code(ResponseError::InvalidRequest.code());
+        return req.encode(&body);
+    }
+    let current = (req.version >= 3 && request.producer_id.0 >= 0)
+        .then_some((request.producer_id.0, request.producer_epoch));
+    let body = match broker.init_producer_id(current).await {
+        Ok((id, epoch)) => InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(epoch),
+        Err(e) => InitProducerIdResponse::default()
+            .with_error_code(errors::code(&e))
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    };
+    req.encode(&body)
 }

@@ -26,6 +26,7 @@ use thiserror::Error;
 
 pub use sql::SqlCatalog;
 
+use crate::producers::ProducerEntry;
 use crate::segment::ExtentMeta;
 use crate::types::{Epoch, Offset, PartitionId, TopicId, TopicPartition};
 
@@ -113,6 +114,19 @@ pub struct FlushCommit {
     pub object_size: u64,
     /// Extents in the object, with the owner epoch of their partition.
     pub extents: Vec<(ExtentMeta, Epoch)>,
+    /// Idempotent producers' state after the batches in this flush, committed with them.
+    pub producers: Vec<ProducerState>,
+}
+
+/// An idempotent producer's state on one partition, as the catalog keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerState {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// The producer id.
+    pub producer_id: i64,
+    /// Its epoch and recent batches.
+    pub entry: ProducerEntry,
 }
 
 /// A consumer group's committed offset for one partition.
@@ -229,6 +243,15 @@ pub trait Catalog: Send + Sync {
 
     /// The groups that have committed offsets.
     async fn groups_with_offsets(&self) -> Result<Vec<String>, CatalogError>;
+
+    /// The committed idempotent-producer state of the given partitions.
+    async fn producer_states(
+        &self,
+        tps: &[TopicPartition],
+    ) -> Result<Vec<ProducerState>, CatalogError>;
+
+    /// A producer id never handed out before, cluster-wide.
+    async fn allocate_producer_id(&self) -> Result<i64, CatalogError>;
 
     /// Registers `broker` (or refreshes its row) with a heartbeat of now.
     async fn register_broker(&self, broker: &BrokerInfo) -> Result<(), CatalogError>;

@@ -16,7 +16,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
 
 use super::{
     BrokerInfo, Catalog, CatalogError, CommittedOffset, Extent, FlushCommit, PartitionState,
-    TopicMeta, tp,
+    ProducerState, TopicMeta, tp,
 };
 use crate::segment::ExtentMeta;
 use crate::types::{Epoch, Offset, PartitionId, TopicId, TopicPartition};
@@ -88,6 +88,23 @@ CREATE TABLE IF NOT EXISTS group_offsets (
     commit_ms BIGINT NOT NULL,
     PRIMARY KEY (group_id, topic_id, partition_id)
 )
+"#,
+    ),
+    (
+        "idempotent producers",
+        r#"
+CREATE TABLE IF NOT EXISTS producer_state (
+    topic_id TEXT NOT NULL,
+    partition_id INTEGER NOT NULL,
+    producer_id BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (topic_id, partition_id, producer_id)
+);
+CREATE TABLE IF NOT EXISTS id_counters (
+    name TEXT PRIMARY KEY,
+    next_value BIGINT NOT NULL
+);
+INSERT INTO id_counters (name, next_value) VALUES ('producer_id', 1000)
 "#,
     ),
 ];
@@ -288,7 +305,13 @@ impl Catalog for SqlCatalog {
         if deleted.rows_affected() == 0 {
             return Err(CatalogError::UnknownTopic(name.to_string()));
         }
-        for table in ["topic_configs", "partitions", "extents", "group_offsets"] {
+        for table in [
+            "topic_configs",
+            "partitions",
+            "extents",
+            "group_offsets",
+            "producer_state",
+        ] {
             sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE topic_id = $1"
             )))
@@ -498,6 +521,21 @@ impl Catalog for SqlCatalog {
             .execute(&mut *tx)
             .await?;
         }
+        for p in &commit.producers {
+            let state = serde_json::to_string(&p.entry)
+                .map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO producer_state (topic_id, partition_id, producer_id, state) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (topic_id, partition_id, producer_id) DO UPDATE SET state = $4",
+            )
+            .bind(p.tp.topic.to_string())
+            .bind(p.tp.partition.0)
+            .bind(p.producer_id)
+            .bind(state)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -627,6 +665,43 @@ impl Catalog for SqlCatalog {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(|r| Ok(r.try_get("group_id")?)).collect()
+    }
+
+    async fn producer_states(
+        &self,
+        tps: &[TopicPartition],
+    ) -> Result<Vec<ProducerState>, CatalogError> {
+        let mut out = Vec::new();
+        for &tp in tps {
+            let rows = sqlx::query(
+                "SELECT producer_id, state FROM producer_state \
+                 WHERE topic_id = $1 AND partition_id = $2",
+            )
+            .bind(tp.topic.to_string())
+            .bind(tp.partition.0)
+            .fetch_all(&self.pool)
+            .await?;
+            for r in rows {
+                let state: String = r.try_get("state")?;
+                out.push(ProducerState {
+                    tp,
+                    producer_id: r.try_get("producer_id")?,
+                    entry: serde_json::from_str(&state)
+                        .map_err(|e| CatalogError::Corrupt(format!("producer state: {e}")))?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn allocate_producer_id(&self) -> Result<i64, CatalogError> {
+        let row = sqlx::query(
+            "UPDATE id_counters SET next_value = next_value + 1 WHERE name = 'producer_id' \
+             RETURNING next_value - 1 AS id",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("id")?)
     }
 
     async fn register_broker(&self, broker: &BrokerInfo) -> Result<(), CatalogError> {
