@@ -161,8 +161,8 @@ pub(crate) struct Inner {
     pub shutdown: watch::Sender<bool>,
     /// The flusher task, awaited at shutdown.
     pub flusher: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Idempotent producers' state as of the last committed flush (the flusher's own view,
-    /// which it advances with each flush and commits to the catalog).
+    /// Idempotent producers' state as of the last flush prepared (the flusher's own view,
+    /// which it advances with each flush and commits to the catalog with it).
     pub committed_producers: Mutex<ProducerMap>,
 }
 

@@ -2,37 +2,48 @@
 //!
 //! Every `flush_interval`, or as soon as `flush_bytes` are pending, the flusher takes the
 //! whole buffer and rolls the WAL at the same instant (under the ingest lock), so the sealed
-//! WAL files hold exactly what this flush and earlier ones carry. It then:
+//! WAL files hold exactly what this flush and earlier ones carry. It builds one segment object
+//! holding every partition's batches (grouped by partition) and starts its PUT, retrying with
+//! backoff until the store takes it. A committer then, **strictly in flush order**:
 //!
-//! 1. builds one segment object holding every partition's batches (grouped by partition);
-//! 2. PUTs it, retrying with backoff until the store takes it;
-//! 3. commits the extents and new high watermarks to the catalog in one transaction fenced by
-//!    each partition's epoch;
-//! 4. publishes the new high watermarks (waking long-polling readers), fills the read cache
+//! 1. waits for the flush's PUT;
+//! 2. commits the extents and new high watermarks to the catalog in one transaction fenced by
+//!    each partition's epoch (and by the high watermark, which makes order a precondition);
+//! 3. publishes the new high watermarks (waking long-polling readers), fills the read cache
 //!    with the fresh bytes, answers `acks=all` appends, and deletes the sealed WAL files.
 //!
-//! When nothing is pending, a tick does nothing: an idle broker makes no object-store calls.
-//! Flushes run one at a time, so high watermarks advance in order.
+//! Up to [`PIPELINE`] flushes are in flight at once, so a slow PUT (object stores take tens to
+//! hundreds of milliseconds) does not hold back the next interval's data: latency is about one
+//! interval plus one PUT, not their sum times the queue. When nothing is pending, a tick does
+//! nothing: an idle broker makes no object-store calls.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::catalog::{CatalogError, Extent, FlushCommit, ProducerState};
 use crate::engine::{Engine, Pending};
 use crate::metrics::metrics;
 use crate::producers::{ProducerEntry, producer_of};
-use crate::segment::{self, SegmentBuilder};
+use crate::segment::{self, ExtentMeta, SegmentBuilder};
 use crate::types::{Epoch, TopicPartition};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Flushes that may be in flight (PUT started, commit not yet done) at once. When the
+/// committer falls this far behind, the flusher waits, the buffer fills, and appends wait for
+/// room: backpressure all the way to producers.
+pub const PIPELINE: usize = 4;
+
 /// Starts the flusher task for `engine`. It stops after a final flush once the engine's
-/// shutdown flag is set.
+/// shutdown flag is set, and returns when that flush is committed.
 pub(crate) fn spawn_flusher(engine: Engine) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let (tx, rx) = mpsc::channel::<Prepared>(PIPELINE);
+        let committer = tokio::spawn(commit_in_order(engine.clone(), rx));
         let mut shutdown = engine.inner.shutdown.subscribe();
         let interval = engine.inner.config.flush_interval;
         loop {
@@ -44,10 +55,19 @@ pub(crate) fn spawn_flusher(engine: Engine) -> JoinHandle<()> {
                     _ = shutdown.changed() => {}
                 }
             }
-            flush_once(&engine).await;
+            if let Some(prepared) = prepare(&engine)
+                && tx.send(prepared).await.is_err()
+            {
+                tracing::error!("flush committer stopped; no more flushes");
+                break;
+            }
             if stopping && engine.lock().pending.is_empty() {
                 break;
             }
+        }
+        drop(tx);
+        if let Err(e) = committer.await {
+            tracing::error!(error = %e, "flush committer failed");
         }
         tracing::info!("flusher stopped; everything accepted is in the object store");
     })
@@ -57,8 +77,25 @@ pub(crate) fn spawn_flusher(engine: Engine) -> JoinHandle<()> {
 struct Taken {
     pending: Vec<Pending>,
     epochs: HashMap<TopicPartition, Epoch>,
-    waiters: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
-    roll: Option<tokio::sync::oneshot::Receiver<u64>>,
+    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    roll: Option<oneshot::Receiver<u64>>,
+}
+
+/// A flush whose object is being PUT, waiting for its turn to commit.
+struct Prepared {
+    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    roll: Option<oneshot::Receiver<u64>>,
+    started: Instant,
+    /// `None` when every partition in the flush was deleted meanwhile.
+    segment: Option<Segment>,
+}
+
+struct Segment {
+    key: String,
+    object: Bytes,
+    commit: FlushCommit,
+    metas: Vec<ExtentMeta>,
+    put: JoinHandle<()>,
 }
 
 fn take(engine: &Engine) -> Option<Taken> {
@@ -97,11 +134,9 @@ async fn backoff(attempt: &mut u32) {
     tokio::time::sleep(delay).await;
 }
 
-/// Flushes what is pending, if anything. Retries transient failures until they succeed.
-async fn flush_once(engine: &Engine) {
-    let Some(mut taken) = take(engine) else {
-        return;
-    };
+/// Takes what is pending, builds its segment and starts the PUT.
+fn prepare(engine: &Engine) -> Option<Prepared> {
+    let mut taken = take(engine)?;
     let started = Instant::now();
     // Group by partition; a stable sort keeps each partition's batches in offset order.
     taken.pending.sort_by_key(|p| p.tp);
@@ -115,109 +150,134 @@ async fn flush_once(engine: &Engine) {
         builder.add(p.tp, p.base_offset, &p.batch);
     }
     let producers = producer_updates(engine, &taken.pending, &taken.epochs);
-    let outcome = if builder.is_empty() {
-        Ok(Vec::new()) // every partition in it was deleted meanwhile
-    } else {
-        write_segment(engine, builder, &taken.epochs, &producers).await
-    };
-    match outcome {
-        Ok(extents) => {
-            let mut committed = engine
-                .inner
-                .committed_producers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            for p in producers {
-                committed.insert((p.tp, p.producer_id), p.entry);
-            }
-            drop(committed);
-            publish(engine, &extents);
-            for w in taken.waiters {
-                let _ = w.send(Ok(()));
-            }
-            metrics().flushes.inc();
-            metrics()
-                .flush_seconds
-                .observe(started.elapsed().as_secs_f64());
+    let segment = (!builder.is_empty()).then(|| {
+        let (object, metas) = builder.finish();
+        let key = segment::new_key();
+        metrics().flush_bytes.observe(object.len() as f64);
+        let commit = FlushCommit {
+            object_key: key.clone(),
+            object_size: object.len() as u64,
+            extents: metas.iter().map(|m| (*m, taken.epochs[&m.tp])).collect(),
+            producers,
+        };
+        let put = tokio::spawn(put_until_stored(
+            engine.clone(),
+            key.clone(),
+            object.clone(),
+        ));
+        Segment {
+            key,
+            object,
+            commit,
+            metas,
+            put,
         }
-        Err(e) => {
-            tracing::error!(error = %e, "flush refused by the catalog; its appends fail");
-            for w in taken.waiters {
-                let _ = w.send(Err(e.to_string()));
-            }
-        }
-    }
-    if let Some(roll) = taken.roll {
-        match roll.await {
-            Ok(sealed) => {
-                if let Err(e) = engine.inner.wal.truncate_through(sealed) {
-                    tracing::error!(error = %e, "cannot truncate the WAL");
-                }
-            }
-            Err(_) => tracing::error!("WAL writer stopped before sealing its file"),
-        }
-    }
+    });
+    Some(Prepared {
+        waiters: taken.waiters,
+        roll: taken.roll,
+        started,
+        segment,
+    })
 }
 
-/// PUTs the segment and commits it. Object-store and database errors are retried; a fenced
-/// commit is final.
-async fn write_segment(
-    engine: &Engine,
-    builder: SegmentBuilder,
-    epochs: &HashMap<TopicPartition, Epoch>,
-    producers: &[ProducerState],
-) -> Result<Vec<Extent>, CatalogError> {
-    let (object, metas) = builder.finish();
-    let key = segment::new_key();
-    metrics().flush_bytes.observe(object.len() as f64);
+/// PUTs an object, retrying with backoff until the store takes it.
+async fn put_until_stored(engine: Engine, key: String, object: Bytes) {
     let mut attempt = 0;
     while let Err(e) = engine.inner.objects.put(&key, object.clone()).await {
         metrics().flush_errors.inc();
         tracing::warn!(error = %e, object = %key, "segment PUT failed; retrying");
         backoff(&mut attempt).await;
     }
-    let commit = FlushCommit {
-        object_key: key.clone(),
-        object_size: object.len() as u64,
-        extents: metas.iter().map(|m| (*m, epochs[&m.tp])).collect(),
-        producers: producers.to_vec(),
-    };
+}
+
+/// Commits prepared flushes one by one, in the order they were taken.
+async fn commit_in_order(engine: Engine, mut rx: mpsc::Receiver<Prepared>) {
+    while let Some(p) = rx.recv().await {
+        let outcome = match p.segment {
+            None => Ok(()),
+            Some(segment) => commit_segment(&engine, segment).await,
+        };
+        match outcome {
+            Ok(()) => {
+                for w in p.waiters {
+                    let _ = w.send(Ok(()));
+                }
+                metrics().flushes.inc();
+                metrics()
+                    .flush_seconds
+                    .observe(p.started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "flush refused by the catalog; its appends fail");
+                for w in p.waiters {
+                    let _ = w.send(Err(e.to_string()));
+                }
+            }
+        }
+        if let Some(roll) = p.roll {
+            match roll.await {
+                Ok(sealed) => {
+                    if let Err(e) = engine.inner.wal.truncate_through(sealed) {
+                        tracing::error!(error = %e, "cannot truncate the WAL");
+                    }
+                }
+                Err(_) => tracing::error!("WAL writer stopped before sealing its file"),
+            }
+        }
+    }
+}
+
+/// Waits for the segment's PUT, commits it (retrying database errors; a fenced commit is
+/// final), then caches its extents and publishes them.
+async fn commit_segment(engine: &Engine, segment: Segment) -> Result<(), CatalogError> {
+    if let Err(e) = segment.put.await {
+        tracing::error!(error = %e, object = %segment.key, "segment PUT task failed");
+        return Err(CatalogError::Corrupt(format!(
+            "PUT of {} failed: {e}",
+            segment.key
+        )));
+    }
     let mut attempt = 0;
     loop {
-        match engine.inner.catalog.commit_flush(&commit).await {
+        match engine.inner.catalog.commit_flush(&segment.commit).await {
             Ok(()) => break,
             Err(CatalogError::Db(e)) => {
                 metrics().flush_errors.inc();
-                tracing::warn!(error = %e, object = %key, "catalog commit failed; retrying");
+                tracing::warn!(error = %e, object = %segment.key, "catalog commit failed; retrying");
                 backoff(&mut attempt).await;
             }
             Err(e) => return Err(e),
         }
     }
-    let extents: Vec<Extent> = metas
+    let extents: Vec<Extent> = segment
+        .metas
         .into_iter()
         .map(|meta| Extent {
             meta,
-            object_key: key.clone(),
+            object_key: segment.key.clone(),
         })
         .collect();
     for e in &extents {
         let start = e.meta.byte_start as usize;
-        let bytes = Bytes::copy_from_slice(&object[start..start + e.meta.byte_len as usize]);
+        let bytes =
+            Bytes::copy_from_slice(&segment.object[start..start + e.meta.byte_len as usize]);
         engine.inner.cache.insert(e, bytes);
     }
-    Ok(extents)
+    publish(engine, &extents);
+    Ok(())
 }
 
-/// Idempotent producers' state after this flush's batches: the committed state advanced by
+/// Idempotent producers' state after this flush's batches: the flushed state advanced by
 /// exactly the batches being flushed (never by later ones still in the buffer, which a crash
-/// could lose while their sequence numbers stayed recorded).
+/// could lose while their sequence numbers stayed recorded). Flushes commit in the order they
+/// are prepared, so advancing the view here, before the commit, keeps it in step.
 fn producer_updates(
     engine: &Engine,
     pending: &[Pending],
     epochs: &HashMap<TopicPartition, Epoch>,
 ) -> Vec<ProducerState> {
-    let committed = engine
+    let mut flushed = engine
         .inner
         .committed_producers
         .lock()
@@ -227,10 +287,13 @@ fn producer_updates(
         if let Some((pid, epoch, first, last)) = producer_of(&p.batch) {
             let entry = updated
                 .entry((p.tp, pid))
-                .or_insert_with(|| committed.get(&(p.tp, pid)).cloned().unwrap_or_default());
+                .or_insert_with(|| flushed.get(&(p.tp, pid)).cloned().unwrap_or_default());
             let last_offset = p.base_offset.plus(p.batch.offset_count() - 1);
             entry.record(epoch, first, last, p.base_offset, last_offset);
         }
+    }
+    for (key, entry) in &updated {
+        flushed.insert(*key, entry.clone());
     }
     updated
         .into_iter()
