@@ -2,7 +2,8 @@
 
 Only the pieces the tests need, written from the Kafka protocol spec with
 ``struct.pack``: request framing (header v1 and v2), ApiVersions v0, Produce
-v3..v8, Fetch v4..v11, RecordBatch v2 (magic 2) with a pure-Python CRC32C
+v3..v8, Fetch v4..v11, InitProducerId v0..v4, RecordBatch v2 (magic 2) — optionally
+carrying an idempotent producer's id, epoch and base sequence — with a pure-Python CRC32C
 (Castagnoli, reflected polynomial 0x82F63B78) so no extra package is needed.
 """
 
@@ -20,11 +21,16 @@ CORRUPT_MESSAGE = 2
 UNKNOWN_TOPIC_OR_PARTITION = 3
 MESSAGE_TOO_LARGE = 10
 UNSUPPORTED_VERSION = 35
+INVALID_REQUEST = 42
+OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+INVALID_PRODUCER_EPOCH = 47
+INVALID_RECORD = 87
 
 API_PRODUCE = 0
 API_FETCH = 1
 API_METADATA = 3
 API_VERSIONS = 18
+API_INIT_PRODUCER_ID = 22
 
 # ------------------------------------------------------------------------- crc32c
 
@@ -97,8 +103,13 @@ class WireRecord:
 
 
 def encode_record_batch(records: list[WireRecord], base_timestamp: int | None = None,
-                        base_offset: int = 0) -> bytes:
-    """An uncompressed RecordBatch v2 (magic 2) with a correct CRC32C."""
+                        base_offset: int = 0, producer_id: int = -1, producer_epoch: int = -1,
+                        base_sequence: int = -1) -> bytes:
+    """An uncompressed RecordBatch v2 (magic 2) with a correct CRC32C.
+
+    The producer fields default to "not idempotent" (-1); an idempotent producer's batch
+    sets all three (``base_sequence`` numbers the first record; the rest follow).
+    """
     assert records
     if base_timestamp is None:
         base_timestamp = int(time.time() * 1000)
@@ -123,9 +134,9 @@ def encode_record_batch(records: list[WireRecord], base_timestamp: int | None = 
         len(records) - 1,       # lastOffsetDelta
         base_timestamp,         # baseTimestamp
         max(stamps),            # maxTimestamp
-        -1,                     # producerId
-        -1,                     # producerEpoch
-        -1,                     # baseSequence
+        producer_id,            # producerId
+        producer_epoch,         # producerEpoch
+        base_sequence,          # baseSequence
         len(records),           # record count
     ) + bytes(body)
     crc = crc32c(after_crc)
@@ -146,6 +157,9 @@ class BatchInfo:
     record_count: int
     crc_ok: bool
     raw: bytes
+    producer_id: int = -1
+    producer_epoch: int = -1
+    base_sequence: int = -1
 
 
 def decode_batches(data: bytes) -> list[BatchInfo]:
@@ -163,9 +177,10 @@ def decode_batches(data: bytes) -> list[BatchInfo]:
             raise AssertionError(f"batch at offset {base_offset} has magic {magic}, expected 2")
         (crc,) = struct.unpack_from(">I", raw, BATCH_CRC_OFFSET)
         attributes, last_delta = struct.unpack_from(">hi", raw, BATCH_ATTRIBUTES_OFFSET)
-        (count,) = struct.unpack_from(">i", raw, 57)
+        producer_id, producer_epoch, base_sequence, count = struct.unpack_from(">qhii", raw, 43)
         out.append(BatchInfo(base_offset, base_offset + last_delta, attributes, count,
-                             crc32c(raw[BATCH_ATTRIBUTES_OFFSET:]) == crc, raw))
+                             crc32c(raw[BATCH_ATTRIBUTES_OFFSET:]) == crc, raw,
+                             producer_id, producer_epoch, base_sequence))
         pos = end
     return out
 
@@ -205,6 +220,10 @@ def uvarint(n: int) -> bytes:
 def compact_string(s: str) -> bytes:
     b = s.encode()
     return uvarint(len(b) + 1) + b
+
+
+def compact_nullable_string(s: str | None) -> bytes:
+    return uvarint(0) if s is None else compact_string(s)
 
 
 def request_header(api_key: int, version: int, correlation_id: int, client_id: str = "strata-tests",
@@ -342,6 +361,33 @@ def metadata_body(version: int, topics: list[str], allow_auto_create: bool = Tru
     return body
 
 
+def init_producer_id_body(version: int, transactional_id: str | None = None,
+                          transaction_timeout_ms: int = 60000, producer_id: int = -1,
+                          producer_epoch: int = -1) -> bytes:
+    """InitProducerId request body, v0..v4 (v2+ flexible; v3+ carry the current id/epoch)."""
+    assert 0 <= version <= 4, version
+    if version < 2:
+        return string(transactional_id) + i32(transaction_timeout_ms)
+    body = compact_nullable_string(transactional_id) + i32(transaction_timeout_ms)
+    if version >= 3:
+        body += i64(producer_id) + i16(producer_epoch)
+    return body + b"\x00"  # no tagged fields
+
+
+@dataclass
+class InitProducerIdResult:
+    error_code: int
+    producer_id: int
+    producer_epoch: int
+
+
+def parse_init_producer_id_response(payload: bytes) -> InitProducerIdResult:
+    """InitProducerId v0..v4 response body (after the header): the fields all versions share."""
+    r = Reader(payload)
+    r.i32()  # throttle_time_ms
+    return InitProducerIdResult(r.i16(), r.i64(), r.i16())
+
+
 @dataclass
 class FetchPartition:
     partition: int
@@ -468,6 +514,18 @@ class KafkaConnection:
                 timeout: float | None = None) -> list[PartitionProduceResult]:
         corr = self.send_request(API_PRODUCE, version, produce_body(version, topics, acks))
         return parse_produce_response(version, self.recv_response(corr, timeout))
+
+    def init_producer_id(self, version: int, transactional_id: str | None = None,
+                         producer_id: int = -1, producer_epoch: int = -1,
+                         timeout: float | None = None) -> InitProducerIdResult:
+        flexible = version >= 2
+        corr = self.send_request(API_INIT_PRODUCER_ID, version,
+                                 init_producer_id_body(version, transactional_id,
+                                                       producer_id=producer_id,
+                                                       producer_epoch=producer_epoch),
+                                 flexible_header=flexible)
+        return parse_init_producer_id_response(
+            self.recv_response(corr, timeout, flexible_header=flexible))
 
     def fetch(self, version: int, topic: str, partition: int, offset: int,
               timeout: float | None = None) -> tuple[int, list[FetchPartition]]:

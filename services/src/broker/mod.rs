@@ -326,18 +326,11 @@ impl Broker {
         })
     }
 
-    /// A producer id and epoch for an idempotent producer: a new id, or — when the producer
-    /// names its current id and epoch (KIP-360) — the same id with the next epoch.
-    pub async fn init_producer_id(
-        &self,
-        current: Option<(i64, i16)>,
-    ) -> Result<(i64, i16), BrokerError> {
-        match current {
-            Some((id, epoch)) if id >= 0 && epoch >= 0 && epoch < i16::MAX - 1 => {
-                Ok((id, epoch + 1))
-            }
-            _ => Ok((self.catalog.allocate_producer_id().await?, 0)),
-        }
+    /// A producer id for an idempotent producer: always a fresh one at epoch 0, as Kafka's
+    /// coordinator answers every InitProducerId without a transactional id (also the KIP-360
+    /// re-initialisation that names the current id and epoch).
+    pub async fn init_producer_id(&self) -> Result<(i64, i16), BrokerError> {
+        Ok((self.catalog.allocate_producer_id().await?, 0))
     }
 
     /// Reads committed batches of one partition from `offset`, up to about `max_bytes`.

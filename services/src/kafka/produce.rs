@@ -109,8 +109,7 @@ pub async fn produce(
     })))
 }
 
-/// InitProducerId for idempotent producers: a fresh producer id, or an epoch bump of the
-/// current one (v3+). Transactional ids are refused until transactions arrive: a
+/// InitProducerId for idempotent producers: a fresh producer id. Transactional ids are refused until transactions arrive: a
 /// transactional producer gets a clear error at `init_transactions` rather than a half-working
 /// transaction.
 pub async fn init_producer_id(
@@ -128,9 +127,7 @@ pub async fn init_producer_id(
             InitProducerIdResponse::default().with_error_code(ResponseError::InvalidRequest.code());
         return req.encode(&body);
     }
-    let current = (req.version >= 3 && request.producer_id.0 >= 0)
-        .then_some((request.producer_id.0, request.producer_epoch));
-    let body = match broker.init_producer_id(current).await {
+    let body = match broker.init_producer_id().await {
         Ok((id, epoch)) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(epoch),
