@@ -712,7 +712,9 @@ impl Coordinator {
 
     /// Checks that an offset commit may be made: by a member of the current generation, or
     /// (generation -1, no member id) by a client that manages its own partitions, as long as
-    /// the group has no members.
+    /// the group has no members. As in Kafka, a member may commit while the group prepares a
+    /// rebalance (consumers commit in their revocation callback, which runs exactly then) but
+    /// not while assignments are being handed out. A commit counts as a heartbeat.
     pub fn check_commit(
         &self,
         group: &str,
@@ -722,8 +724,8 @@ impl Coordinator {
         if group.is_empty() {
             return Err(BrokerError::InvalidGroupId);
         }
-        let groups = self.lock();
-        let Some(g) = groups.get(group) else {
+        let mut groups = self.lock();
+        let Some(g) = groups.get_mut(group) else {
             return if generation < 0 && member_id.is_empty() {
                 Ok(())
             } else {
@@ -741,8 +743,11 @@ impl Coordinator {
             };
         }
         g.check_member(member_id, generation)?;
+        if let Some(m) = g.members.get_mut(member_id) {
+            m.last_heartbeat = Instant::now();
+        }
         match g.state {
-            State::PreparingRebalance => Err(BrokerError::RebalanceInProgress),
+            State::CompletingRebalance => Err(BrokerError::RebalanceInProgress),
             _ => Ok(()),
         }
     }
@@ -1035,7 +1040,28 @@ mod tests {
         c.check_commit("solo", -1, "").unwrap();
         let a = new_member(&c).await;
         let j = c.join(join(&a, &["range"])).await.unwrap();
+        // Assignments are being handed out: no commits until the group is stable.
+        assert!(matches!(
+            c.check_commit("g", j.generation, &a),
+            Err(BrokerError::RebalanceInProgress)
+        ));
+        c.sync(SyncRequest {
+            group: "g".into(),
+            generation: j.generation,
+            member_id: a.clone(),
+            assignments: vec![],
+        })
+        .await
+        .unwrap();
         c.check_commit("g", j.generation, &a).unwrap();
+        // A joining member starts a rebalance; the current member may still commit (its
+        // revocation callback does exactly that).
+        let b = new_member(&c).await;
+        let c2 = c.clone();
+        let joining = tokio::spawn(async move { c2.join(join(&b, &["range"])).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.check_commit("g", j.generation, &a).unwrap();
+        joining.abort();
         assert!(matches!(
             c.check_commit("g", j.generation + 1, &a),
             Err(BrokerError::IllegalGeneration { .. })
