@@ -332,7 +332,7 @@ impl Batch {
             return self;
         }
         let records = &self.bytes[HEADER_LEN..];
-        let Ok(packed) = zstd::bulk::compress(records, level) else {
+        let Some(packed) = zstd_compress(records, level) else {
             return self;
         };
         if packed.len() >= records.len() {
@@ -371,6 +371,26 @@ pub fn verify_crc(b: &[u8]) -> Result<(), BatchError> {
         return Err(BatchError::BadCrc { expected, actual });
     }
     Ok(())
+}
+
+thread_local! {
+    /// One zstd context per thread, reused: creating a context costs more than compressing
+    /// a small batch, and producers with a short linger send many small batches (W4 spent
+    /// most of its CPU here before).
+    static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses `data` with this thread's zstd context at `level`.
+fn zstd_compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    ZSTD.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, compressor) = slot.as_mut()?;
+        compressor.compress(data).ok()
+    })
 }
 
 /// Counts the records in an uncompressed records section: each is a zigzag varint length

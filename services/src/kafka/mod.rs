@@ -70,7 +70,11 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 ];
 
 /// Requests in flight per connection before the reader stops taking more (backpressure).
-const MAX_IN_FLIGHT: usize = 64;
+/// An in-flight produce holds only its offsets (its batches are already in the engine's
+/// bounded buffer), so this can be generous: it must cover a client's request rate times the
+/// `acks=all` latency (librdkafka with `linger.ms=5` sends hundreds of requests a second per
+/// connection, each waiting one flush plus one PUT). At 64, W4 queued seconds in the client.
+const MAX_IN_FLIGHT: usize = 1024;
 
 struct KafkaMetrics {
     requests: IntCounterVec,
