@@ -8,7 +8,8 @@
 //!
 //! 1. waits for the flush's PUT;
 //! 2. commits the extents and new high watermarks to the catalog in one transaction fenced by
-//!    each partition's epoch (and by the high watermark, which makes order a precondition);
+//!    each partition's epoch (and by the high watermark, which makes order a precondition) —
+//!    together with every later flush whose PUT is already done, when it is behind;
 //! 3. publishes the new high watermarks (waking long-polling readers), fills the read cache
 //!    with the fresh bytes, answers `acks=all` appends, and deletes the sealed WAL files.
 //!
@@ -17,7 +18,7 @@
 //! interval plus one PUT, not their sum times the queue. When nothing is pending, a tick does
 //! nothing: an idle broker makes no object-store calls.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,7 +37,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Flushes that may be in flight (PUT started, commit not yet done) at once. When the
 /// committer falls this far behind, the flusher waits, the buffer fills, and appends wait for
 /// room: backpressure all the way to producers.
-pub const PIPELINE: usize = 4;
+pub const PIPELINE: usize = 8;
+
+/// Most flushes committed in one catalog transaction.
+pub const GROUP: usize = 16;
 
 /// Starts the flusher task for `engine`. It stops after a final flush once the engine's
 /// shutdown flag is set, and returns when that flush is committed.
@@ -88,6 +92,8 @@ struct Prepared {
     started: Instant,
     /// `None` when every partition in the flush was deleted meanwhile.
     segment: Option<Segment>,
+    /// Set when the PUT task died (it retries store errors itself, so only a panic).
+    put_error: Option<CatalogError>,
 }
 
 struct Segment {
@@ -95,7 +101,8 @@ struct Segment {
     object: Bytes,
     commit: FlushCommit,
     metas: Vec<ExtentMeta>,
-    put: JoinHandle<()>,
+    /// The PUT in flight; `None` once awaited.
+    put: Option<JoinHandle<()>>,
 }
 
 fn take(engine: &Engine) -> Option<Taken> {
@@ -170,7 +177,7 @@ fn prepare(engine: &Engine) -> Option<Prepared> {
             object,
             commit,
             metas,
-            put,
+            put: Some(put),
         }
     });
     Some(Prepared {
@@ -178,6 +185,7 @@ fn prepare(engine: &Engine) -> Option<Prepared> {
         roll: taken.roll,
         started,
         segment,
+        put_error: None,
     })
 }
 
@@ -191,15 +199,75 @@ async fn put_until_stored(engine: Engine, key: String, object: Bytes) {
     }
 }
 
-/// Commits prepared flushes one by one, in the order they were taken.
+/// Commits prepared flushes in the order they were taken. When commits fall behind, every
+/// queued flush whose PUT has finished joins the oldest one's transaction (up to [`GROUP`]):
+/// one catalog round trip then catches up on many flushes — group commit, as the WAL does.
 async fn commit_in_order(engine: Engine, mut rx: mpsc::Receiver<Prepared>) {
-    while let Some(p) = rx.recv().await {
-        let outcome = match p.segment {
-            None => Ok(()),
-            Some(segment) => commit_segment(&engine, segment).await,
-        };
-        match outcome {
+    let mut queue: VecDeque<Prepared> = VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match rx.recv().await {
+                Some(p) => queue.push_back(p),
+                None => break,
+            }
+        }
+        // The oldest flush commits first: wait for its PUT, whatever else is ready.
+        let waited = Instant::now();
+        if let Some(head) = queue.front_mut() {
+            head.await_put().await;
+        }
+        metrics()
+            .flush_put_wait_seconds
+            .observe(waited.elapsed().as_secs_f64());
+        while queue.len() < PIPELINE {
+            match rx.try_recv() {
+                Ok(p) => queue.push_back(p),
+                Err(_) => break,
+            }
+        }
+        let mut group = Vec::new();
+        while let Some(next) = queue.front() {
+            if !group.is_empty() && (group.len() >= GROUP || !next.put_finished()) {
+                break;
+            }
+            if let Some(p) = queue.pop_front() {
+                group.push(p);
+            }
+        }
+        commit_group(&engine, group).await;
+    }
+}
+
+/// Commits a group of flushes in one transaction (retrying database errors; a fenced commit
+/// is final), then, flush by flush, caches and publishes the extents, answers the waiting
+/// appends and truncates the WAL.
+async fn commit_group(engine: &Engine, mut group: Vec<Prepared>) {
+    let mut failed = None;
+    for p in &mut group {
+        p.await_put().await;
+        if let Some(e) = p.put_error.take() {
+            failed = Some(e);
+        }
+    }
+    let commits: Vec<FlushCommit> = group
+        .iter()
+        .filter_map(|p| p.segment.as_ref().map(|s| s.commit.clone()))
+        .collect();
+    let committing = Instant::now();
+    let outcome = match failed {
+        Some(e) => Err(e),
+        None if commits.is_empty() => Ok(()),
+        None => commit_with_retries(engine, &commits).await,
+    };
+    metrics()
+        .flush_commit_seconds
+        .observe(committing.elapsed().as_secs_f64());
+    for p in group {
+        match &outcome {
             Ok(()) => {
+                if let Some(segment) = &p.segment {
+                    publish_segment(engine, segment);
+                }
                 for w in p.waiters {
                     let _ = w.send(Ok(()));
                 }
@@ -228,33 +296,29 @@ async fn commit_in_order(engine: Engine, mut rx: mpsc::Receiver<Prepared>) {
     }
 }
 
-/// Waits for the segment's PUT, commits it (retrying database errors; a fenced commit is
-/// final), then caches its extents and publishes them.
-async fn commit_segment(engine: &Engine, segment: Segment) -> Result<(), CatalogError> {
-    if let Err(e) = segment.put.await {
-        tracing::error!(error = %e, object = %segment.key, "segment PUT task failed");
-        return Err(CatalogError::Corrupt(format!(
-            "PUT of {} failed: {e}",
-            segment.key
-        )));
-    }
+async fn commit_with_retries(engine: &Engine, commits: &[FlushCommit]) -> Result<(), CatalogError> {
     let mut attempt = 0;
     loop {
-        match engine.inner.catalog.commit_flush(&segment.commit).await {
-            Ok(()) => break,
+        match engine.inner.catalog.commit_flushes(commits).await {
+            Ok(()) => return Ok(()),
             Err(CatalogError::Db(e)) => {
                 metrics().flush_errors.inc();
-                tracing::warn!(error = %e, object = %segment.key, "catalog commit failed; retrying");
+                tracing::warn!(error = %e, flushes = commits.len(), "catalog commit failed; retrying");
                 backoff(&mut attempt).await;
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Makes a committed segment readable: its extents go into the read cache (so tailing
+/// consumers never touch the object store) and the high watermarks move.
+fn publish_segment(engine: &Engine, segment: &Segment) {
     let extents: Vec<Extent> = segment
         .metas
-        .into_iter()
+        .iter()
         .map(|meta| Extent {
-            meta,
+            meta: *meta,
             object_key: segment.key.clone(),
         })
         .collect();
@@ -265,7 +329,35 @@ async fn commit_segment(engine: &Engine, segment: Segment) -> Result<(), Catalog
         engine.inner.cache.insert(e, bytes);
     }
     publish(engine, &extents);
-    Ok(())
+}
+
+impl Prepared {
+    /// Whether this flush's object is stored (or it has none).
+    fn put_finished(&self) -> bool {
+        self.segment
+            .as_ref()
+            .and_then(|s| s.put.as_ref())
+            .is_none_or(|h| h.is_finished())
+    }
+
+    /// Waits for this flush's PUT (at most once; later calls return at once). A PUT task that
+    /// died is kept in `put_error`, so the flush's commit fails instead of referencing an
+    /// object that may not exist.
+    async fn await_put(&mut self) {
+        let Some(segment) = self.segment.as_mut() else {
+            return;
+        };
+        let Some(put) = segment.put.take() else {
+            return;
+        };
+        if let Err(e) = put.await {
+            tracing::error!(error = %e, object = %segment.key, "segment PUT task failed");
+            self.put_error = Some(CatalogError::Corrupt(format!(
+                "PUT of {} failed: {e}",
+                segment.key
+            )));
+        }
+    }
 }
 
 /// Idempotent producers' state after this flush's batches: the flushed state advanced by

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub flush_seconds: Histogram,
     /// Flushes that failed and will be retried.
     pub flush_errors: IntCounter,
+    /// Time the committer waits for a flush's PUT to finish (after earlier commits).
+    pub flush_put_wait_seconds: Histogram,
+    /// Time one catalog commit of a flush takes.
+    pub flush_commit_seconds: Histogram,
     /// Read-cache lookups that found the bytes.
     pub cache_hits: IntCounter,
     /// Read-cache lookups that went to the object store.
@@ -150,6 +154,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &registry,
             "strata_flush_seconds",
             "Time from the start of a flush to its catalog commit.",
+            latency_buckets(),
+        ),
+        flush_put_wait_seconds: histogram(
+            &registry,
+            "strata_flush_put_wait_seconds",
+            "Time the committer waits for a flush's PUT after the previous commit.",
+            latency_buckets(),
+        ),
+        flush_commit_seconds: histogram(
+            &registry,
+            "strata_flush_commit_seconds",
+            "Time one catalog commit of a flush takes.",
             latency_buckets(),
         ),
         flush_errors: counter(

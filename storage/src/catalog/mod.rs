@@ -204,7 +204,14 @@ pub trait Catalog: Send + Sync {
     /// Records a flushed segment: its object and extents, advancing each partition's high
     /// watermark, in one transaction fenced by each extent's epoch. Extents of partitions that
     /// no longer exist (their topic was deleted) are skipped.
-    async fn commit_flush(&self, commit: &FlushCommit) -> Result<(), CatalogError>;
+    async fn commit_flush(&self, commit: &FlushCommit) -> Result<(), CatalogError> {
+        self.commit_flushes(std::slice::from_ref(commit)).await
+    }
+
+    /// Records several flushes, in order, in one transaction: all or none. The flusher's
+    /// group commit: when commits fall behind, one transaction catches up on every flush
+    /// whose object is already stored.
+    async fn commit_flushes(&self, commits: &[FlushCommit]) -> Result<(), CatalogError>;
 
     /// Committed extents of `tp` that hold offsets at or after `from`, in offset order, at most
     /// `limit` of them.

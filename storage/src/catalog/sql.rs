@@ -466,75 +466,10 @@ impl Catalog for SqlCatalog {
         .transpose()
     }
 
-    async fn commit_flush(&self, commit: &FlushCommit) -> Result<(), CatalogError> {
+    async fn commit_flushes(&self, commits: &[FlushCommit]) -> Result<(), CatalogError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO objects (object_key, size_bytes, created_ms) VALUES ($1, $2, $3)")
-            .bind(&commit.object_key)
-            .bind(commit.object_size as i64)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-        for (e, epoch) in &commit.extents {
-            let updated = sqlx::query(
-                "UPDATE partitions SET high_watermark = $1 \
-                 WHERE topic_id = $2 AND partition_id = $3 AND owner_epoch = $4 \
-                 AND high_watermark = $5",
-            )
-            .bind(e.last_offset.0 + 1)
-            .bind(e.tp.topic.to_string())
-            .bind(e.tp.partition.0)
-            .bind(epoch.0)
-            .bind(e.base_offset.0)
-            .execute(&mut *tx)
-            .await?;
-            if updated.rows_affected() == 0 {
-                let exists = sqlx::query(
-                    "SELECT owner_epoch FROM partitions WHERE topic_id = $1 AND partition_id = $2",
-                )
-                .bind(e.tp.topic.to_string())
-                .bind(e.tp.partition.0)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if exists.is_none() {
-                    continue; // the topic was deleted while its data was in flight
-                }
-                return Err(CatalogError::Fenced {
-                    tp: e.tp,
-                    epoch: *epoch,
-                });
-            }
-            sqlx::query(concat!(
-                "INSERT INTO extents (",
-                extent_columns!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-            ))
-            .bind(e.tp.topic.to_string())
-            .bind(e.tp.partition.0)
-            .bind(e.base_offset.0)
-            .bind(e.last_offset.0)
-            .bind(&commit.object_key)
-            .bind(e.byte_start as i64)
-            .bind(e.byte_len as i64)
-            .bind(e.min_timestamp)
-            .bind(e.max_timestamp)
-            .bind(e.record_count)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for p in &commit.producers {
-            let state = serde_json::to_string(&p.entry)
-                .map_err(|e| CatalogError::Corrupt(e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO producer_state (topic_id, partition_id, producer_id, state) \
-                 VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (topic_id, partition_id, producer_id) DO UPDATE SET state = $4",
-            )
-            .bind(p.tp.topic.to_string())
-            .bind(p.tp.partition.0)
-            .bind(p.producer_id)
-            .bind(state)
-            .execute(&mut *tx)
-            .await?;
+        for commit in commits {
+            apply_flush(&mut tx, commit).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -734,6 +669,83 @@ impl Catalog for SqlCatalog {
             })
             .collect()
     }
+}
+
+/// Applies one flush inside a transaction: the object, each extent (fenced by epoch and
+/// high watermark) and the producers' state.
+async fn apply_flush(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    commit: &FlushCommit,
+) -> Result<(), CatalogError> {
+    sqlx::query("INSERT INTO objects (object_key, size_bytes, created_ms) VALUES ($1, $2, $3)")
+        .bind(&commit.object_key)
+        .bind(commit.object_size as i64)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
+    for (e, epoch) in &commit.extents {
+        let updated = sqlx::query(
+            "UPDATE partitions SET high_watermark = $1 \
+                 WHERE topic_id = $2 AND partition_id = $3 AND owner_epoch = $4 \
+                 AND high_watermark = $5",
+        )
+        .bind(e.last_offset.0 + 1)
+        .bind(e.tp.topic.to_string())
+        .bind(e.tp.partition.0)
+        .bind(epoch.0)
+        .bind(e.base_offset.0)
+        .execute(&mut **tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            let exists = sqlx::query(
+                "SELECT owner_epoch FROM partitions WHERE topic_id = $1 AND partition_id = $2",
+            )
+            .bind(e.tp.topic.to_string())
+            .bind(e.tp.partition.0)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if exists.is_none() {
+                continue; // the topic was deleted while its data was in flight
+            }
+            return Err(CatalogError::Fenced {
+                tp: e.tp,
+                epoch: *epoch,
+            });
+        }
+        sqlx::query(concat!(
+            "INSERT INTO extents (",
+            extent_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .bind(e.tp.topic.to_string())
+        .bind(e.tp.partition.0)
+        .bind(e.base_offset.0)
+        .bind(e.last_offset.0)
+        .bind(&commit.object_key)
+        .bind(e.byte_start as i64)
+        .bind(e.byte_len as i64)
+        .bind(e.min_timestamp)
+        .bind(e.max_timestamp)
+        .bind(e.record_count)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for p in &commit.producers {
+        let state =
+            serde_json::to_string(&p.entry).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO producer_state (topic_id, partition_id, producer_id, state) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (topic_id, partition_id, producer_id) DO UPDATE SET state = $4",
+        )
+        .bind(p.tp.topic.to_string())
+        .bind(p.tp.partition.0)
+        .bind(p.producer_id)
+        .bind(state)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 async fn insert_partitions(
