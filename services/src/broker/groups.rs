@@ -261,6 +261,37 @@ impl Group {
         }
     }
 
+    /// A JoinGroup answer from the group as it stands, for a member that rejoins without a
+    /// rebalance.
+    fn current_join(&self, member_id: String) -> JoinResponse {
+        JoinResponse {
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol: self.protocol.clone(),
+            leader: self.leader.clone().unwrap_or_default(),
+            member_id,
+            members: Vec::new(),
+        }
+    }
+
+    /// Parks `member_id`'s JoinGroup until the join phase ends, starting the phase if needed
+    /// and ending it at once when everyone is in and the initial delay is over.
+    fn await_join(&mut self, member_id: &str, initial_delay: Duration) -> Admitted {
+        let (tx, rx) = oneshot::channel();
+        if let Some(m) = self.members.get_mut(member_id)
+            && let Some(old) = m.join_waiter.replace(tx)
+        {
+            let _ = old.send(Err(BrokerError::RebalanceInProgress));
+        }
+        if self.state != State::PreparingRebalance {
+            self.prepare_rebalance(initial_delay);
+        }
+        if self.all_joined() && Instant::now() >= self.join_not_before {
+            self.complete_join();
+        }
+        Admitted::Wait(rx)
+    }
+
     fn all_joined(&self) -> bool {
         self.members.values().all(|m| m.join_waiter.is_some())
     }
@@ -520,36 +551,29 @@ impl Coordinator {
             }
             req.member_id.clone()
         };
-        let (tx, rx) = oneshot::channel();
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let member = group.members.entry(member_id).or_insert_with(|| Member {
-            instance_id: req.instance_id.clone(),
-            client_id: req.client_id.clone(),
-            client_host: req.client_host.clone(),
-            session_timeout: req.session_timeout,
-            rebalance_timeout: req.rebalance_timeout,
-            protocols: Vec::new(),
-            assignment: Bytes::new(),
-            last_heartbeat: Instant::now(),
-            joined_seq: seq,
-            join_waiter: None,
-            sync_waiter: None,
-        });
+        let member = group
+            .members
+            .entry(member_id.clone())
+            .or_insert_with(|| Member {
+                instance_id: req.instance_id.clone(),
+                client_id: req.client_id.clone(),
+                client_host: req.client_host.clone(),
+                session_timeout: req.session_timeout,
+                rebalance_timeout: req.rebalance_timeout,
+                protocols: Vec::new(),
+                assignment: Bytes::new(),
+                last_heartbeat: Instant::now(),
+                joined_seq: seq,
+                join_waiter: None,
+                sync_waiter: None,
+            });
         member.session_timeout = req.session_timeout;
         member.rebalance_timeout = req.rebalance_timeout;
         member.protocols = req.protocols.clone();
         member.last_heartbeat = Instant::now();
-        if let Some(old) = member.join_waiter.replace(tx) {
-            let _ = old.send(Err(BrokerError::RebalanceInProgress));
-        }
         group.protocol_type = req.protocol_type.clone();
-        if group.state != State::PreparingRebalance {
-            group.prepare_rebalance(self.config.initial_rebalance_delay);
-        }
-        if group.all_joined() && Instant::now() >= group.join_not_before {
-            group.complete_join();
-        }
-        Ok(Admitted::Wait(rx))
+        Ok(group.await_join(&member_id, self.config.initial_rebalance_delay))
     }
 
     /// A static member returning with a new process: it takes over the old membership under a
@@ -558,14 +582,7 @@ impl Coordinator {
     fn replace_static(&self, group: &mut Group, old: &str, req: &JoinRequest) -> Admitted {
         let new_id = self.new_member_id(&req.client_id);
         let Some(mut member) = group.members.remove(old) else {
-            return Admitted::Immediate(JoinResponse {
-                generation: group.generation,
-                protocol_type: group.protocol_type.clone(),
-                protocol: group.protocol.clone(),
-                leader: group.leader.clone().unwrap_or_default(),
-                member_id: new_id,
-                members: Vec::new(),
-            });
+            return Admitted::Immediate(group.current_join(new_id));
         };
         if let Some(w) = member.join_waiter.take() {
             let _ = w.send(Err(BrokerError::FencedInstanceId(old.to_string())));
@@ -584,26 +601,9 @@ impl Coordinator {
         }
         group.members.insert(new_id.clone(), member);
         if group.state == State::Stable && unchanged && !was_leader {
-            return Admitted::Immediate(JoinResponse {
-                generation: group.generation,
-                protocol_type: group.protocol_type.clone(),
-                protocol: group.protocol.clone(),
-                leader: group.leader.clone().unwrap_or_default(),
-                member_id: new_id,
-                members: Vec::new(),
-            });
+            return Admitted::Immediate(group.current_join(new_id));
         }
-        let (tx, rx) = oneshot::channel();
-        if let Some(m) = group.members.get_mut(&new_id) {
-            m.join_waiter = Some(tx);
-        }
-        if group.state != State::PreparingRebalance {
-            group.prepare_rebalance(self.config.initial_rebalance_delay);
-        }
-        if group.all_joined() && Instant::now() >= group.join_not_before {
-            group.complete_join();
-        }
-        Admitted::Wait(rx)
+        group.await_join(&new_id, self.config.initial_rebalance_delay)
     }
 
     /// SyncGroup: the leader hands out assignments; everyone gets theirs.
