@@ -1,8 +1,10 @@
 //! Strata's wire-level vocabulary, shared by the broker and its clients.
 //!
-//! For now this is [`frame`]: the length-prefixed framing that both the Kafka protocol and
-//! Strata's native protocol use, with the length checked before anything is allocated. The
-//! native protocol's messages, error codes and version negotiation will live here too, so a
-//! client needs this crate and nothing of the broker's.
+//! - [`frame`]: the length-prefixed framing both the Kafka protocol and the native protocol use,
+//!   with the length checked before anything is allocated.
+//! - [`native`]: the native QUIC protocol's frames, messages, error codes and versions, so a
+//!   client needs this crate and nothing of the broker's. `proto/README.md` specifies it for
+//!   clients in other languages.
 
 pub mod frame;
+pub mod native;

@@ -53,6 +53,28 @@ pub struct ServeArgs {
     #[arg(long, env = "STRATA_ADVERTISED_KAFKA_ADDR")]
     pub advertised_kafka_addr: Option<String>,
 
+    /// UDP address of the native QUIC listener.
+    #[arg(long, env = "STRATA_QUIC_ADDR", default_value = "127.0.0.1:9093")]
+    pub quic_addr: SocketAddr,
+
+    /// Address given to native clients in metadata (HOST:PORT); the listen address by default.
+    #[arg(long, env = "STRATA_ADVERTISED_QUIC_ADDR")]
+    pub advertised_quic_addr: Option<String>,
+
+    /// PEM certificate chain for the QUIC listener. Without it (and `--tls-key`), a CA and a
+    /// server certificate are made on first start under `<data-dir>/tls/`.
+    #[arg(long, env = "STRATA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "STRATA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): when given, QUIC clients must present a certificate signed by
+    /// one of them (mutual TLS); its subject common name is the client's identity.
+    #[arg(long, env = "STRATA_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+
     /// Address of the HTTP listener (`/healthz`, `/metrics`).
     #[arg(long, env = "STRATA_HTTP_ADDR", default_value = "127.0.0.1:9094")]
     pub http_addr: SocketAddr,

@@ -2,11 +2,17 @@
 //!
 //! - [`broker`]: the core — topics, produce, fetch, offsets — over the storage engine;
 //! - [`kafka`]: the Kafka wire protocol front end;
+//! - [`quic`]: the native protocol front end over QUIC, with [`tls`] for its certificates;
+//! - [`consumer_protocol`]: Kafka's consumer-group encodings, shared by both front ends and
+//!   the client;
 //! - [`http`]: health and Prometheus metrics;
 //! - [`serve`]: process wiring for `strata serve`, configured by [`config`].
 
 pub mod broker;
 pub mod config;
+pub mod consumer_protocol;
 pub mod http;
 pub mod kafka;
+pub mod quic;
 pub mod serve;
+pub mod tls;

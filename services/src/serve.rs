@@ -63,6 +63,25 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
     })
 }
 
+/// The QUIC listener's TLS: the given certificate, or the one kept (made on first start) in
+/// `<data-dir>/tls/`, which also covers the advertised host.
+fn quic_tls(args: &ServeArgs, advertised_quic: &str) -> Result<rustls::ServerConfig> {
+    let identity = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => crate::tls::Identity {
+            chain: crate::tls::load_certs(cert)?,
+            key: crate::tls::load_key(key)?,
+        },
+        _ => {
+            let host = advertised_quic
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_matches(['[', ']']).to_string());
+            crate::tls::TlsDir::new(&args.data_dir)
+                .server_identity(&host.into_iter().collect::<Vec<_>>())?
+        }
+    };
+    crate::tls::server_config(identity, args.client_ca.as_deref())
+}
+
 /// Runs the broker until SIGTERM or Ctrl-C.
 pub async fn run(args: ServeArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
@@ -90,6 +109,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     .await?;
     let kafka = bind(args.kafka_addr, "Kafka").await?;
     let http = bind(args.http_addr, "HTTP").await?;
+    let advertised_kafka = advertised(&args)?;
+    let advertised_quic = args
+        .advertised_quic_addr
+        .clone()
+        .unwrap_or_else(|| args.quic_addr.to_string());
+    let quic = crate::quic::endpoint(args.quic_addr, quic_tls(&args, &advertised_quic)?)?;
 
     let topics = catalog.list_topics().await?;
     let engine = Engine::open(
@@ -105,7 +130,6 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         &Broker::all_partitions(&topics),
     )
     .await?;
-    let advertised_kafka = advertised(&args)?;
     catalog
         .register_broker(&BrokerInfo {
             id: node_id.to_string(),
@@ -119,6 +143,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         BrokerConfig {
             node_id,
             advertised_kafka,
+            advertised_quic,
+            advertised_http: args.http_addr.to_string(),
             zone: args.zone.clone(),
             auto_create_topics: args.auto_create_topics,
             default_partitions: args.default_partitions.max(1),
@@ -138,6 +164,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let (stop, stopped) = watch::channel(false);
     let kafka_task = tokio::spawn(crate::kafka::serve(
         kafka,
+        broker.clone(),
+        args.max_request_bytes,
+        stopped.clone(),
+    ));
+    let quic_task = tokio::spawn(crate::quic::serve(
+        quic,
         broker,
         args.max_request_bytes,
         stopped.clone(),
@@ -146,6 +178,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     tracing::info!(
         node_id,
         kafka = %args.kafka_addr,
+        quic = %args.quic_addr,
         http = %args.http_addr,
         catalog = %catalog_url,
         objects = %objects_url,
@@ -157,6 +190,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     tracing::info!("shutting down: flushing everything accepted to the object store");
     stop.send_replace(true);
     let _ = kafka_task.await;
+    let _ = quic_task.await;
     engine.shutdown().await;
     cache.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;

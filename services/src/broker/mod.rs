@@ -29,6 +29,35 @@ use topics::CompressionPolicy;
 /// is the scarcer resource (measured with `strata-loadtest run W1`).
 const ZSTD_LEVEL: i32 = 1;
 
+/// Long polls never wait longer than this, whatever the client asks, so no request hangs.
+pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
+
+/// Produce timeouts are capped here, so no request waits unboundedly.
+const MAX_PRODUCE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Used when a client sends a non-positive produce timeout.
+const DEFAULT_PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The ack level a client's `acks` number asks for: Kafka's `0`, `1` and `-1` (all), which the
+/// native protocol uses too.
+pub fn acks(value: i16) -> Result<Acks, BrokerError> {
+    match value {
+        0 => Ok(Acks::None),
+        1 => Ok(Acks::Wal),
+        -1 => Ok(Acks::All),
+        _ => Err(BrokerError::InvalidRequiredAcks(value)),
+    }
+}
+
+/// A client's produce timeout in milliseconds, made sane: non-positive means the default,
+/// and nothing waits longer than five minutes.
+pub fn produce_timeout(ms: i64) -> Duration {
+    match ms {
+        t if t <= 0 => DEFAULT_PRODUCE_TIMEOUT,
+        t => Duration::from_millis(t as u64).min(MAX_PRODUCE_TIMEOUT),
+    }
+}
+
 /// Broker-wide settings the core needs.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -36,6 +65,10 @@ pub struct BrokerConfig {
     pub node_id: i32,
     /// Host and port Kafka clients are told to connect to.
     pub advertised_kafka: (String, u16),
+    /// `host:port` native (QUIC) clients are told to connect to.
+    pub advertised_quic: String,
+    /// `host:port` of the HTTP front end.
+    pub advertised_http: String,
     /// The broker's zone (rack).
     pub zone: Option<String>,
     /// Create unknown topics on first use (Kafka's `auto.create.topics.enable`).
@@ -281,6 +314,27 @@ impl Broker {
         Ok(())
     }
 
+    /// Sets (`Some`) or removes (`None`) topic configs, checking every new value first so a
+    /// bad one changes nothing.
+    pub async fn alter_configs(
+        &self,
+        name: &str,
+        changes: &BTreeMap<String, Option<String>>,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        self.topic(name, false).await?;
+        let set: BTreeMap<String, String> = changes
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
+            .collect();
+        topics::validate_configs(&set)?;
+        for name in changes.keys() {
+            topics::validate_name_of_config(name)?;
+        }
+        let meta = self.catalog.alter_topic_configs(name, changes).await?;
+        tracing::info!(topic = name, ?changes, "altered topic configs");
+        Ok(self.remember(meta))
+    }
+
     /// Every known config of a topic, with its effective value.
     pub async fn describe_configs(&self, name: &str) -> Result<Vec<ConfigEntry>, BrokerError> {
         let topic = self.topic(name, false).await?;
@@ -304,6 +358,29 @@ impl Broker {
         impl std::future::Future<Output = Result<Offset, BrokerError>> + Send + 'static,
         BrokerError,
     > {
+        let (_, durable) = self
+            .produce_sequenced(topic, partition, records, acks, timeout)
+            .await?;
+        Ok(durable)
+    }
+
+    /// [`Broker::produce`], also telling the offset the records got as soon as they have it
+    /// (for a retried idempotent batch, the offset it got the first time), so a front end can
+    /// answer early and let the client send the partition's next request in order.
+    pub async fn produce_sequenced(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: Bytes,
+        acks: Acks,
+        timeout: Duration,
+    ) -> Result<
+        (
+            Offset,
+            impl std::future::Future<Output = Result<Offset, BrokerError>> + Send + 'static,
+        ),
+        BrokerError,
+    > {
         let topic = self.topic(topic, false).await?;
         let tp = topic.partition(partition)?;
         let mut batches = Batch::parse_all(records, topic.config.max_message_bytes)?;
@@ -318,12 +395,13 @@ impl Broker {
             return Err(BrokerError::Timeout(timeout.as_millis() as u64));
         }
         let appended = self.engine.append(tp, batches, acks)?;
-        Ok(async move {
+        let base_offset = appended.base_offset;
+        Ok((base_offset, async move {
             match tokio::time::timeout_at(deadline, appended.durable()).await {
                 Ok(result) => result.map_err(BrokerError::from),
                 Err(_) => Err(BrokerError::Timeout(timeout.as_millis() as u64)),
             }
-        })
+        }))
     }
 
     /// A producer id for an idempotent producer: always a fresh one at epoch 0, as Kafka's
@@ -343,6 +421,35 @@ impl Broker {
     ) -> Result<ReadResult, BrokerError> {
         let tp = topic.partition(partition)?;
         Ok(self.engine.read(tp, offset, max_bytes).await?)
+    }
+
+    /// Like [`Broker::fetch`], but at the log end waits up to `wait` (capped at
+    /// [`MAX_FETCH_WAIT`]) for records to become readable: the long poll of a fetch and the
+    /// heart of a subscription.
+    pub async fn fetch_wait(
+        &self,
+        topic: &Topic,
+        partition: i32,
+        offset: Offset,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<ReadResult, BrokerError> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_FETCH_WAIT);
+        // Subscribed before reading, so a commit between the read and the wait is not missed.
+        let mut watch = self.watch_high_watermark(topic, partition);
+        loop {
+            let read = self.fetch(topic, partition, offset, max_bytes).await?;
+            if !read.records.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(read);
+            }
+            let Some(w) = watch.as_mut() else {
+                return Ok(read);
+            };
+            match tokio::time::timeout_at(deadline, w.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Ok(read),
+            }
+        }
     }
 
     /// A watch on a partition's high watermark, for long polls.

@@ -186,6 +186,17 @@ pub fn validate_configs(configs: &BTreeMap<String, String>) -> Result<(), Broker
     Ok(())
 }
 
+/// Checks that `name` is a config Strata knows (for removals, which carry no value).
+pub fn validate_name_of_config(name: &str) -> Result<(), BrokerError> {
+    if KNOWN.iter().any(|k| k.name == name) {
+        Ok(())
+    } else {
+        Err(BrokerError::InvalidConfig(format!(
+            "unknown topic config '{name}'"
+        )))
+    }
+}
+
 /// Every known config of a topic with its effective value, in name order.
 pub fn describe(configs: &BTreeMap<String, String>, defaults: &TopicDefaults) -> Vec<ConfigEntry> {
     KNOWN

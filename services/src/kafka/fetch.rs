@@ -19,9 +19,6 @@ use tokio::time::Instant;
 use super::{ConnError, Req, errors};
 use crate::broker::{Broker, BrokerError};
 
-/// Long polls never wait longer than this, whatever the client asks.
-const MAX_WAIT: Duration = Duration::from_secs(30);
-
 /// One pass over the requested partitions.
 struct Pass {
     topics: Vec<FetchableTopicResponse>,
@@ -120,7 +117,8 @@ pub async fn fetch(broker: &Broker, req: Req, request: FetchRequest) -> Result<B
             FetchResponse::default().with_error_code(ResponseError::FetchSessionIdNotFound.code());
         return req.encode(&body);
     }
-    let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT);
+    let wait =
+        Duration::from_millis(request.max_wait_ms.max(0) as u64).min(crate::broker::MAX_FETCH_WAIT);
     let deadline = Instant::now() + wait;
     let min_bytes = request.min_bytes.max(0) as usize;
     loop {

@@ -1,7 +1,5 @@
 //! Produce: batches checked, sequenced in arrival order, answered at the ack level asked.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use futures::future::join_all;
 use kafka_protocol::ResponseError;
@@ -10,24 +8,9 @@ use kafka_protocol::messages::{
     InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
 };
 use kafka_protocol::protocol::StrBytes;
-use strata_storage::Acks;
 
 use super::{ConnError, Reply, Req, errors};
 use crate::broker::{Broker, BrokerError};
-
-/// Produce timeouts are capped here, so no request waits unboundedly.
-const MAX_TIMEOUT: Duration = Duration::from_secs(300);
-/// Used when a client sends a non-positive timeout.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn acks(value: i16) -> Option<Acks> {
-    match value {
-        0 => Some(Acks::None),
-        1 => Some(Acks::Wal),
-        -1 => Some(Acks::All),
-        _ => None,
-    }
-}
 
 fn partition_error(index: i32, e: &BrokerError) -> PartitionProduceResponse {
     PartitionProduceResponse::default()
@@ -45,23 +28,20 @@ pub async fn produce(
     req: Req,
     request: ProduceRequest,
 ) -> Result<Reply, ConnError> {
-    let timeout = match request.timeout_ms {
-        t if t <= 0 => DEFAULT_TIMEOUT,
-        t => Duration::from_millis(t as u64).min(MAX_TIMEOUT),
-    };
-    let acks = acks(request.acks);
+    let timeout = crate::broker::produce_timeout(i64::from(request.timeout_ms));
+    let acks = crate::broker::acks(request.acks);
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for t in request.topic_data {
         let mut parts = Vec::with_capacity(t.partition_data.len());
         for p in t.partition_data {
-            let begun = match (acks, p.records) {
-                (None, _) => Err(BrokerError::InvalidRequiredAcks(request.acks)),
-                (Some(acks), Some(records)) => {
+            let begun = match (&acks, p.records) {
+                (Err(_), _) => Err(BrokerError::InvalidRequiredAcks(request.acks)),
+                (Ok(acks), Some(records)) => {
                     broker
-                        .produce(t.name.as_str(), p.index, records, acks, timeout)
+                        .produce(t.name.as_str(), p.index, records, *acks, timeout)
                         .await
                 }
-                (Some(_), None) => Err(BrokerError::CorruptMessage(
+                (Ok(_), None) => Err(BrokerError::CorruptMessage(
                     strata_storage::batch::BatchError::Empty,
                 )),
             };
