@@ -6,9 +6,13 @@
 //! - [`consumer_protocol`]: Kafka's consumer-group encodings, shared by both front ends and
 //!   the client;
 //! - [`http`]: health and Prometheus metrics;
+//! - [`cli`]: the `strata` command line over the client;
+//! - [`client`]: the Rust client library of the native protocol;
 //! - [`serve`]: process wiring for `strata serve`, configured by [`config`].
 
 pub mod broker;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod consumer_protocol;
 pub mod http;

@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use strata::cli::{ClientCommand, ConnectArgs};
 use strata::config::ServeArgs;
 
 /// Strata: a Kafka-compatible log service whose data lives in object storage.
@@ -13,24 +14,34 @@ use strata::config::ServeArgs;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connect: ConnectArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run a broker. With no flags: SQLite catalog and local object store under
-    /// ./strata-data, Kafka on 127.0.0.1:9092, HTTP on 127.0.0.1:9094.
+    /// ./strata-data, Kafka on 127.0.0.1:9092, QUIC on 127.0.0.1:9093 (UDP), HTTP on
+    /// 127.0.0.1:9094.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The broker logs what it does; a command-line tool only what goes wrong.
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        Command::Client(_) => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -40,6 +51,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(strata::serve::run(args)),
+        Command::Client(command) => runtime.block_on(strata::cli::run(command, cli.connect)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -114,7 +114,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .advertised_quic_addr
         .clone()
         .unwrap_or_else(|| args.quic_addr.to_string());
-    let quic = crate::quic::endpoint(args.quic_addr, quic_tls(&args, &advertised_quic)?)?;
+    let reset_secret = crate::tls::TlsDir::new(&args.data_dir).reset_secret()?;
+    let quic = crate::quic::endpoint(
+        args.quic_addr,
+        quic_tls(&args, &advertised_quic)?,
+        &reset_secret,
+    )?;
 
     let topics = catalog.list_topics().await?;
     let engine = Engine::open(

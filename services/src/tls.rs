@@ -94,6 +94,33 @@ impl TlsDir {
         self.dir.join("server.key")
     }
 
+    /// The secret behind QUIC stateless resets, made on first use and kept, so that a broker
+    /// restarted after a crash can tell clients at once that their old connections are gone
+    /// (instead of leaving them to time out).
+    pub fn reset_secret(&self) -> Result<Vec<u8>> {
+        let path = self.dir.join("reset.key");
+        if let Ok(secret) = std::fs::read(&path)
+            && secret.len() == 64
+        {
+            return Ok(secret);
+        }
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let mut secret = vec![0u8; 64];
+        aws_lc_rs::rand::fill(&mut secret).map_err(|_| anyhow::anyhow!("no randomness"))?;
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&secret))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(secret)
+    }
+
     /// The server identity kept here, made (with its CA) on first use. `hosts` are extra
     /// names or addresses the certificate must cover, such as the advertised host.
     pub fn server_identity(&self, hosts: &[String]) -> Result<Identity> {

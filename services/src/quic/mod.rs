@@ -113,18 +113,41 @@ pub fn transport_config() -> TransportConfig {
     t
 }
 
-/// Builds the QUIC endpoint from a rustls configuration.
-pub fn endpoint(addr: SocketAddr, tls: rustls::ServerConfig) -> anyhow::Result<Endpoint> {
+/// Builds the QUIC endpoint from a rustls configuration. `reset_secret` keys stateless
+/// resets; kept across restarts, it lets a restarted broker end its predecessor's
+/// connections at once, so clients reconnect instead of waiting out the idle timeout.
+pub fn endpoint(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+    reset_secret: &[u8],
+) -> anyhow::Result<Endpoint> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config()));
     // Clients whose address changes (Wi-Fi to cellular) keep their connection.
     config.migration(true);
-    Endpoint::server(config, addr).map_err(|e| {
+    let reset_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, reset_secret);
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    // Connection ids carry a hash that the endpoint checks before anything else; a restarted
+    // broker must recognise its predecessor's ids to answer them with a reset.
+    let cid_key = u64::from_be_bytes(
+        reset_secret
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or_default(),
+    );
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let in_use = |e: std::io::Error| {
         anyhow::anyhow!(
             "cannot listen for QUIC on {addr} (UDP): {e}; is another broker running? choose another address with --quic-addr"
         )
-    })
+    };
+    let socket = std::net::UdpSocket::bind(addr).map_err(in_use)?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("QUIC needs the tokio runtime"))?;
+    Endpoint::new(endpoint_config, Some(config), socket, runtime).map_err(in_use)
 }
 
 /// Per-connection context handed to every handler.
@@ -204,7 +227,11 @@ async fn connection(conn: Connection, broker: Broker, max_frame: usize) {
         max_frame,
     });
     METRICS.connections.with_label_values(&["accepted"]).inc();
-    tracing::debug!(peer = %ctx.peer, identity = ?ctx.identity, "QUIC connection");
+    match &ctx.identity {
+        // Under mutual TLS, who connected is worth a line in the log.
+        Some(identity) => tracing::info!(peer = %ctx.peer, identity, "QUIC connection"),
+        None => tracing::debug!(peer = %ctx.peer, "QUIC connection"),
+    }
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
@@ -230,11 +257,25 @@ async fn connection(conn: Connection, broker: Broker, max_frame: usize) {
 /// failed (reset, connection lost) and there is nobody to answer.
 fn read_error(e: &FrameDecodeError, max: usize) -> Option<WireError> {
     match e {
+        FrameDecodeError::Frame(FrameError::Io(io))
+            if io.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            Some(WireError::new(
+                ErrorCode::MalformedFrame,
+                "the stream ended inside a frame",
+            ))
+        }
         FrameDecodeError::Frame(FrameError::Io(_)) => None,
-        FrameDecodeError::Frame(FrameError::BadLength { len, .. }) if *len as i64 > max as i64 => {
+        // The length is a u32 on the wire; the shared reader sees it as an i32.
+        FrameDecodeError::Frame(FrameError::BadLength { len, .. })
+            if *len as u32 as u64 > max as u64 =>
+        {
             Some(WireError::new(
                 ErrorCode::FrameTooLarge,
-                format!("frame of {len} bytes is over this broker's limit of {max} bytes"),
+                format!(
+                    "frame of {} bytes is over this broker's limit of {max} bytes",
+                    *len as u32
+                ),
             ))
         }
         e => Some(WireError::new(ErrorCode::MalformedFrame, e.to_string())),
