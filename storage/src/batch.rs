@@ -382,7 +382,7 @@ thread_local! {
 }
 
 /// Compresses `data` with this thread's zstd context at `level`.
-fn zstd_compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+pub fn zstd_compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     ZSTD.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
