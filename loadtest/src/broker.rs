@@ -45,12 +45,19 @@ pub struct Broker {
     dir: tempfile::TempDir,
     kafka_port: u16,
     http_port: u16,
+    quic_port: u16,
     extra: Vec<String>,
     child: Option<Child>,
 }
 
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Finds the `strata` binary: the flag, else beside this executable (both live in
@@ -80,6 +87,7 @@ impl Broker {
                 .tempdir()?,
             kafka_port: free_port()?,
             http_port: free_port()?,
+            quic_port: free_udp_port()?,
             extra,
             child: None,
         };
@@ -97,6 +105,8 @@ impl Broker {
             .arg(format!("127.0.0.1:{}", self.kafka_port))
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{}", self.http_port))
+            .arg("--quic-addr")
+            .arg(format!("127.0.0.1:{}", self.quic_port))
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -133,6 +143,14 @@ impl Broker {
     /// `HOST:PORT` for Kafka clients.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.kafka_port)
+    }
+
+    /// The native (QUIC) front end and the CA to trust.
+    pub fn native(&self) -> crate::native::Endpoint {
+        crate::native::Endpoint {
+            addr: format!("127.0.0.1:{}", self.quic_port),
+            ca: self.dir.path().join("data/tls/ca.pem"),
+        }
     }
 
     fn get(&self, path: &str) -> Result<String> {

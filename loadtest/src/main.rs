@@ -8,6 +8,7 @@
 
 mod broker;
 mod kafka;
+mod native;
 mod payload;
 mod report;
 mod workloads;
@@ -33,12 +34,15 @@ enum Command {
     Run(RunArgs),
 }
 
-/// The workloads. W2 (ingest over QUIC) joins them with Strata's native protocol.
+/// The workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "UPPER")]
 pub enum Workload {
     /// Ingest over Kafka: 16 partitions, acks=all, local-dir object store.
     W1,
+    /// Ingest over QUIC (Strata's native protocol), same shape as W1; then the data read back
+    /// with fetches and with server-push subscriptions.
+    W2,
     /// Cold replay: write 2 GiB, restart the broker with an empty cache, read it all back.
     W3,
     /// Latency at a fixed 20 MB/s with simulated object-store latency (PUT p50 100 ms / p99

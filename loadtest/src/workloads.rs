@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::broker::{Broker, StoreCounts, find_binary};
 use crate::kafka::{self, ConsumeSpec, ProduceSpec};
+use crate::native;
 use crate::report::{Percentiles, Report};
 use crate::{RunArgs, Workload};
 
@@ -131,6 +132,67 @@ fn ingest(
         );
     }
     Ok(r)
+}
+
+/// W2: ingest over QUIC, then read everything back with fetches and with subscriptions.
+fn native_ingest(
+    args: &RunArgs,
+    target: &Target,
+    topic: &str,
+    stop: &AtomicBool,
+) -> Result<Vec<Report>> {
+    let endpoint = target
+        .broker
+        .as_ref()
+        .map(Broker::native)
+        .ok_or_else(|| anyhow::anyhow!("W2 needs a Strata broker started by this tool"))?;
+    native::create_topic(&endpoint, topic, args.partitions)?;
+    let acks = match args.acks.as_str() {
+        "0" => 0,
+        "1" => 1,
+        _ => -1,
+    };
+    let before = target.counts()?;
+    let pb = bar(None, "W2: producing over QUIC");
+    let result = native::produce(
+        &endpoint,
+        topic,
+        args.partitions,
+        args.record_size,
+        acks,
+        args.producers,
+        Duration::from_secs(args.duration),
+        stop,
+        &pb,
+    )?;
+    pb.finish_and_clear();
+    let mut ingest = Report::new("W2", result.records, result.bytes, result.seconds);
+    ingest.protocol = "quic".into();
+    ingest.latency_ms = Percentiles::of(&result.latency);
+    ingest
+        .extra
+        .insert("failed_records".into(), result.errors as f64);
+    target.finish(&mut ingest, before)?;
+    let mut out = vec![ingest];
+    for (name, subscribe) in [("W2 fetch", false), ("W2 subscribe", true)] {
+        let pb = bar(Some(result.bytes), &format!("{name}: reading"));
+        let before = target.counts()?;
+        let read = native::read(
+            &endpoint,
+            topic,
+            args.partitions,
+            result.records,
+            subscribe,
+            stop,
+            &pb,
+        )?;
+        pb.finish_and_clear();
+        let mut r = Report::new(name, read.records, read.bytes, read.seconds);
+        r.protocol = "quic".into();
+        target.finish(&mut r, before)?;
+        out.push(r);
+    }
+    Ok(out)
 }
 
 /// Writes `args.bytes`, then (Strata) restarts with an empty cache and reads it all back.
@@ -265,10 +327,23 @@ pub fn run(args: &RunArgs, stop: &AtomicBool) -> Result<Vec<Report>> {
         Workload::W4 => &["--simulate-object-store-latency", W4_LATENCY],
         _ => &[],
     };
+    if args.workload == Workload::W2 && args.bootstrap.is_some() {
+        anyhow::bail!(
+            "W2 speaks Strata's native protocol over QUIC; it cannot run against --bootstrap"
+        );
+    }
     let mut target = Target::new(args, extra)?;
+    if args.workload == Workload::W2 {
+        let reports = native_ingest(args, &target, &topic, stop)?;
+        if let Some(b) = target.broker.as_mut() {
+            b.stop()?;
+        }
+        return Ok(reports);
+    }
     kafka::create_topic(&target.bootstrap, &topic, args.partitions)?;
     let reports = match args.workload {
         Workload::W1 => vec![ingest(args, &target, &topic, "W1", stop)?],
+        Workload::W2 => unreachable!("handled above"),
         Workload::W3 => replay(args, &mut target, &topic, "W3", stop)?,
         Workload::W4 => vec![latency(args, &target, &topic, stop)?],
         Workload::W5 => {

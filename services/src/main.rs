@@ -23,7 +23,7 @@ enum Command {
     /// Run a broker. With no flags: SQLite catalog and local object store under
     /// ./strata-data, Kafka on 127.0.0.1:9092, QUIC on 127.0.0.1:9093 (UDP), HTTP on
     /// 127.0.0.1:9094.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -50,7 +50,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(strata::serve::run(args)),
+        Command::Serve(args) => runtime.block_on(strata::serve::run(*args)),
         Command::Client(command) => runtime.block_on(strata::cli::run(command, cli.connect)),
     };
     match result {

@@ -177,16 +177,18 @@ impl Batch {
                 return Err(BatchError::BadLength(len));
             }
             let size = LOG_OVERHEAD + len as usize;
-            if size > max_bytes {
-                return Err(BatchError::TooLarge {
-                    size,
-                    max: max_bytes,
-                });
-            }
+            // A length beyond the bytes sent is a corrupt batch, whatever it claims; only a
+            // batch that is all there can be too large.
             if size > bytes.len() {
                 return Err(BatchError::Truncated {
                     needed: size,
                     have: bytes.len(),
+                });
+            }
+            if size > max_bytes {
+                return Err(BatchError::TooLarge {
+                    size,
+                    max: max_bytes,
                 });
             }
             let batch = Batch {

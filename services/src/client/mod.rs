@@ -203,7 +203,8 @@ impl Client {
         Ok(recv)
     }
 
-    /// Reads the next answer frame of a request stream; `None` at its end.
+    /// Reads the next answer frame of a request stream; `None` at its end. Not cancel-safe:
+    /// a stream read in a `select!` or under a timeout goes through [`Subscription`].
     pub(crate) async fn next<R: DeserializeOwned>(
         kind: MessageKind,
         recv: &mut RecvStream,
@@ -219,23 +220,7 @@ impl Client {
         else {
             return Ok(None);
         };
-        if frame.kind != kind as u16 | RESPONSE_BIT {
-            return Err(ClientError::Protocol(format!(
-                "answer of kind {:#x} to a {} request",
-                frame.kind,
-                kind.name()
-            )));
-        }
-        let envelope: ErrorEnvelope = frame
-            .header()
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        if let Some(err) = envelope.error {
-            return Err(ClientError::Broker(err));
-        }
-        let header = frame
-            .header()
-            .map_err(|e| ClientError::Protocol(format!("{} answer: {e}", kind.name())))?;
-        Ok(Some((header, frame.payload)))
+        answer(kind, frame).map(Some)
     }
 
     /// One request, one answer.
@@ -335,6 +320,7 @@ impl Client {
     pub async fn subscribe(&self, req: &m::SubscribeRequest) -> Result<Subscription, ClientError> {
         Ok(Subscription {
             recv: self.open(MessageKind::Subscribe, req, Bytes::new()).await?,
+            buf: bytes::BytesMut::new(),
         })
     }
 
@@ -391,6 +377,27 @@ impl Client {
     }
 }
 
+/// An answer frame's header and payload, or the broker's error.
+fn answer<R: DeserializeOwned>(kind: MessageKind, frame: Frame) -> Result<(R, Bytes), ClientError> {
+    if frame.kind != kind as u16 | RESPONSE_BIT {
+        return Err(ClientError::Protocol(format!(
+            "answer of kind {:#x} to a {} request",
+            frame.kind,
+            kind.name()
+        )));
+    }
+    let envelope: ErrorEnvelope = frame
+        .header()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if let Some(err) = envelope.error {
+        return Err(ClientError::Broker(err));
+    }
+    let header = frame
+        .header()
+        .map_err(|e| ClientError::Protocol(format!("{} answer: {e}", kind.name())))?;
+    Ok((header, frame.payload))
+}
+
 async fn dial(
     endpoint: &Endpoint,
     quic: &quinn::ClientConfig,
@@ -412,14 +419,56 @@ async fn dial(
 }
 
 /// A server-push subscription: frames of batches as the partition grows.
+///
+/// [`Subscription::next`] is cancel-safe (it keeps partial frames in its own buffer), so it
+/// can be awaited under a timeout or in a `select!`.
 pub struct Subscription {
     recv: RecvStream,
+    buf: bytes::BytesMut,
 }
 
 impl Subscription {
-    /// The next pushed frame: the partition's offsets and whole batches.
+    /// The next pushed frame: the partition's offsets and whole batches. `None` when the
+    /// broker ended the subscription.
     pub async fn next(&mut self) -> Result<Option<(m::FetchResponse, Bytes)>, ClientError> {
-        Client::next(MessageKind::Subscribe, &mut self.recv).await
+        loop {
+            if let Some(frame) = self.take_frame()? {
+                return answer(MessageKind::Subscribe, frame).map(Some);
+            }
+            match self.recv.read_chunk(1 << 20, true).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) if self.buf.is_empty() => return Ok(None),
+                Ok(None) => {
+                    return Err(ClientError::Protocol(
+                        "the subscription ended inside a frame".into(),
+                    ));
+                }
+                Err(quinn::ReadError::ConnectionLost(e)) => return Err(ClientError::Connection(e)),
+                Err(e) => return Err(ClientError::Stream(e.to_string())),
+            }
+        }
+    }
+
+    /// A whole frame from the buffer, if one is there.
+    fn take_frame(&mut self) -> Result<Option<Frame>, ClientError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if !(8..=MAX_RESPONSE).contains(&len) {
+            return Err(ClientError::Protocol(format!(
+                "pushed frame of {len} bytes is outside [8, {MAX_RESPONSE}]"
+            )));
+        }
+        if self.buf.len() < 4 + len {
+            self.buf.reserve(4 + len - self.buf.len());
+            return Ok(None);
+        }
+        let _ = self.buf.split_to(4);
+        let body = self.buf.split_to(len).freeze();
+        Frame::decode(body)
+            .map(Some)
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// Ends the subscription.

@@ -37,7 +37,7 @@ pub fn murmur2(data: &[u8]) -> i32 {
 
 /// The partition of `key` among `partitions`.
 pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
-    ((murmur2(key) & 0x7fff_ffff) % partitions.max(1)) as i32
+    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
 }
 
 #[cfg(test)]

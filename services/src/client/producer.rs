@@ -36,6 +36,11 @@ use super::{Client, ClientError};
 /// The broker remembers this many batches per producer and partition for deduplication.
 const IDEMPOTENT_WINDOW: usize = 5;
 
+/// Keyless records stick to one partition for this many bytes, then move to the next (Kafka's
+/// uniform sticky partitioner, KIP-794, with a batch of this size): batches stay large while
+/// records still spread over every partition.
+const STICKY_BYTES: usize = 64 << 10;
+
 /// Producer settings. The defaults suit throughput with `acks=all`.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -71,7 +76,7 @@ impl Default for ProducerConfig {
             idempotent: true,
             request_timeout: Duration::from_secs(30),
             delivery_timeout: Duration::from_secs(120),
-            buffer_bytes: 128 << 20,
+            buffer_bytes: 64 << 20,
         }
     }
 }
@@ -237,7 +242,7 @@ impl Producer {
     fn sticky(&self, topic: &str, count: i32, size: usize) -> i32 {
         let mut sticky = self.inner.sticky.lock().unwrap_or_else(|p| p.into_inner());
         let slot = sticky.entry(topic.to_string()).or_insert((0, 0));
-        if slot.1 + size > self.inner.config.batch_bytes {
+        if slot.1 + size > STICKY_BYTES.min(self.inner.config.batch_bytes) {
             *slot = ((slot.0 + 1) % count, 0);
         }
         slot.1 += size;
