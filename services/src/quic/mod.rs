@@ -342,7 +342,7 @@ async fn stream(ctx: Arc<Ctx>, mut send: SendStream, mut recv: RecvStream) {
         let err = WireError::new(
             ErrorCode::UnsupportedVersion,
             format!(
-                "{} version {version} is not supported; this broker accepts {}..={}",
+                "{} version {version} is outside the versions this broker accepts, {}..={}",
                 message.name(),
                 MESSAGE_VERSIONS[0],
                 MESSAGE_VERSIONS[1]
