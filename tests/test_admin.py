@@ -607,3 +607,88 @@ def test_metadata_client_without_auto_create_creates_nothing(broker):
     asked = unique_topic("asked")
     admin(bootstrap).list_topics(topic=asked, timeout=15)
     wait_for_topic(bootstrap, asked, 1)
+
+
+# ------------------------------------------------------- AlterConfigs, DescribeCluster
+
+
+def config_value(client, topic: str, name: str) -> tuple[str, int]:
+    entry = describe_entries(client, topic)[name]
+    return entry.value, entry.source
+
+
+def test_incremental_alter_configs_set_delete_append_and_refuse(broker):
+    """KIP-339 IncrementalAlterConfigs: SET and DELETE take effect and show in
+    DescribeConfigs with the right source; APPEND adds to the list config
+    cleanup.policy; a bad value or an unknown name gives INVALID_CONFIG and changes
+    nothing in that resource; validate_only changes nothing."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry
+
+    client = admin(broker.bootstrap)
+    topic = unique_topic("incr-alter")
+    create_topic(broker.bootstrap, topic, 1)
+    resource = lambda *entries: ConfigResource("topic", topic, incremental_configs=list(entries))
+
+    def alter(res, validate_only=False):
+        return client.incremental_alter_configs([res], validate_only=validate_only,
+                                                request_timeout=ADMIN_TIMEOUT)[res]
+
+    alter(resource(ConfigEntry("retention.ms", "3600000",
+                               incremental_operation=AlterConfigOpType.SET))).result(timeout=ADMIN_TIMEOUT)
+    assert config_value(client, topic, "retention.ms") == ("3600000", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+
+    alter(resource(ConfigEntry("cleanup.policy", "compact",
+                               incremental_operation=AlterConfigOpType.APPEND))).result(timeout=ADMIN_TIMEOUT)
+    assert config_value(client, topic, "cleanup.policy")[0] == "delete,compact"
+
+    # One bad value in the request: nothing of it is applied.
+    err = admin_error(alter(resource(
+        ConfigEntry("retention.ms", "60000", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("max.message.bytes", "lots", incremental_operation=AlterConfigOpType.SET))))
+    assert err.code() == KafkaError.INVALID_CONFIG, err
+    err = admin_error(alter(resource(
+        ConfigEntry("no.such.config", "1", incremental_operation=AlterConfigOpType.SET))))
+    assert err.code() == KafkaError.INVALID_CONFIG, err
+    assert config_value(client, topic, "retention.ms")[0] == "3600000"
+
+    alter(resource(ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)),
+          validate_only=True).result(timeout=ADMIN_TIMEOUT)
+    assert config_value(client, topic, "retention.ms")[0] == "3600000", "validate_only changed the topic"
+
+    alter(resource(ConfigEntry("retention.ms", None,
+                               incremental_operation=AlterConfigOpType.DELETE))).result(timeout=ADMIN_TIMEOUT)
+    value, source = config_value(client, topic, "retention.ms")
+    assert source == ConfigSource.DEFAULT_CONFIG.value, (value, source)
+
+    # Broker configs are flags: refused with a message, not silently ignored.
+    node = client.describe_cluster(request_timeout=ADMIN_TIMEOUT).result(timeout=ADMIN_TIMEOUT).nodes[0]
+    broker_res = ConfigResource("broker", str(node.id), incremental_configs=[
+        ConfigEntry("num.partitions", "3", incremental_operation=AlterConfigOpType.SET)])
+    err = admin_error(client.incremental_alter_configs([broker_res], request_timeout=ADMIN_TIMEOUT)[broker_res])
+    assert err.code() == KafkaError.INVALID_REQUEST, err
+
+
+def test_alter_configs_replaces_the_whole_set(broker):
+    """Legacy AlterConfigs: the configs given become the topic's whole set, so one
+    set earlier and not repeated returns to its default (Kafka's semantics, which is
+    why KIP-339 added the incremental form)."""
+    client = admin(broker.bootstrap)
+    topic = unique_topic("alter")
+    create_topic(broker.bootstrap, topic, 1, {"retention.ms": 86400000})
+    res = ConfigResource("topic", topic, set_config={"max.message.bytes": "2097152"})
+    client.alter_configs([res], request_timeout=ADMIN_TIMEOUT)[res].result(timeout=ADMIN_TIMEOUT)
+    assert config_value(client, topic, "max.message.bytes") == (
+        "2097152", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+    assert config_value(client, topic, "retention.ms")[1] == ConfigSource.DEFAULT_CONFIG.value
+
+
+def test_describe_cluster(broker):
+    """DescribeCluster (KIP-700) through confluent-kafka: the cluster id, this broker
+    as the only node and the controller, at its advertised address."""
+    client = admin(broker.bootstrap)
+    cluster = client.describe_cluster(request_timeout=ADMIN_TIMEOUT).result(timeout=ADMIN_TIMEOUT)
+    assert cluster.cluster_id == "strata"
+    assert len(cluster.nodes) == 1
+    node = cluster.nodes[0]
+    assert f"{node.host}:{node.port}" == broker.bootstrap
+    assert cluster.controller is not None and cluster.controller.id == node.id

@@ -128,3 +128,39 @@ pub async fn metadata(
         .with_topics(topics);
     req.encode(&body)
 }
+
+/// DescribeCluster (KIP-700): the cluster id, the controller and the brokers, as admin tools
+/// show them.
+pub fn describe_cluster(
+    broker: &Broker,
+    req: Req,
+    request: kafka_protocol::messages::DescribeClusterRequest,
+) -> Result<Bytes, ConnError> {
+    use kafka_protocol::messages::DescribeClusterResponse;
+    use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+    let config = broker.config();
+    // Endpoint type 1 is brokers; 2 (controllers) is for KRaft controller quorums, which a
+    // Strata cluster does not have.
+    if request.endpoint_type != 1 {
+        let body = DescribeClusterResponse::default()
+            .with_error_code(ResponseError::UnsupportedEndpointType.code())
+            .with_error_message(Some(StrBytes::from_static_str(
+                "Strata has no separate controllers; ask for endpoint type 1 (brokers)",
+            )))
+            .with_endpoint_type(request.endpoint_type);
+        return req.encode(&body);
+    }
+    let (host, port) = &config.advertised_kafka;
+    let me = DescribeClusterBroker::default()
+        .with_broker_id(BrokerId(config.node_id))
+        .with_host(StrBytes::from_string(host.clone()))
+        .with_port(i32::from(*port))
+        .with_rack(config.zone.clone().map(StrBytes::from_string));
+    let body = DescribeClusterResponse::default()
+        .with_endpoint_type(1)
+        .with_cluster_id(StrBytes::from_static_str("strata"))
+        .with_controller_id(BrokerId(config.node_id))
+        .with_brokers(vec![me])
+        .with_cluster_authorized_operations(i32::MIN);
+    req.encode(&body)
+}

@@ -15,6 +15,7 @@
 
 mod admin;
 mod codec;
+mod configs;
 mod errors;
 mod fetch;
 mod groups;
@@ -54,6 +55,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::JoinGroup, 0, 9),
@@ -306,6 +310,17 @@ async fn dispatch(
         ApiKey::DescribeConfigs => Reply::Ready(Some(
             admin::describe_configs(broker, req, decode(req, frame)?).await?,
         )),
+        ApiKey::AlterConfigs => Reply::Ready(Some(
+            configs::alter_configs(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::IncrementalAlterConfigs => Reply::Ready(Some(
+            configs::incremental_alter_configs(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::DescribeCluster => Reply::Ready(Some(metadata::describe_cluster(
+            broker,
+            req,
+            decode(req, frame)?,
+        )?)),
         ApiKey::InitProducerId => Reply::Ready(Some(
             produce::init_producer_id(broker, req, decode(req, frame)?).await?,
         )),
