@@ -349,3 +349,41 @@ def kcat_consume(bootstrap: str, topic: str, partition: int, timeout: float = 60
         out.append(Rec(_utf8(j.get("key")), _utf8(j.get("payload")), headers, ts, j["partition"],
                        j["offset"]))
     return out
+
+
+# ------------------------------------------------------------------------ raw wire
+
+
+def assert_idempotent_batches(bootstrap: str, topic: str, partitions: int,
+                              timeout: float = 60) -> None:
+    """Fetch every stored batch of ``topic`` raw and check one idempotent producer wrote them:
+    each batch carries the same producer id (>= 0) and, per partition, the base sequences run
+    on from 0 without a gap. Proves a client really produced idempotently."""
+    import kafka_wire as kw
+
+    pids: set[int] = set()
+    with kw.KafkaConnection(bootstrap, timeout=30) as conn:
+        fetch_version = kw.pick_version(conn.api_versions(), kw.API_FETCH, 4, 11)
+        for p in range(partitions):
+            offset, high, seq = 0, None, 0
+            deadline = time.monotonic() + timeout
+            while high is None or offset < high:
+                assert time.monotonic() < deadline, f"raw fetch of {topic}/{p} stuck at {offset}"
+                error, parts = conn.fetch(fetch_version, topic, p, offset)
+                assert error == kw.NONE, f"raw fetch of {topic}/{p}: error {error}"
+                [part] = parts
+                assert part.error_code == kw.NONE, (
+                    f"raw fetch of {topic}/{p}@{offset}: error {part.error_code}")
+                high = part.high_watermark
+                for b in kw.decode_batches(part.records or b""):
+                    if b.last_offset < offset:
+                        continue
+                    assert b.crc_ok, f"{topic}/{p}: bad CRC in the batch at {b.base_offset}"
+                    pids.add(b.producer_id)
+                    assert b.producer_id >= 0 and b.base_sequence == seq, (
+                        f"{topic}/{p}: batch at {b.base_offset} has producer {b.producer_id} "
+                        f"epoch {b.producer_epoch} sequence {b.base_sequence}, expected a "
+                        f"producer id and sequence {seq}")
+                    seq += b.record_count
+                    offset = b.last_offset + 1
+    assert len(pids) == 1, f"{topic}: batches from several producer ids: {pids}"

@@ -692,3 +692,63 @@ def test_describe_cluster(broker):
     node = cluster.nodes[0]
     assert f"{node.host}:{node.port}" == broker.bootstrap
     assert cluster.controller is not None and cluster.controller.id == node.id
+
+
+# ------------------------------------------------------ DeleteRecords, OffsetForLeaderEpoch
+
+
+def test_delete_records_moves_the_log_start(broker):
+    """DeleteRecords: the low watermark moves to the offset asked, reads below it get
+    OFFSET_OUT_OF_RANGE, reads from the beginning start there, it survives a restart, and
+    an offset past the high watermark is refused with OFFSET_OUT_OF_RANGE, changing nothing."""
+    from confluent_kafka import TopicPartition as TP
+
+    client = admin(broker.bootstrap)
+    topic = unique_topic("delrec")
+    create_topic(broker.bootstrap, topic, 1)
+    produce_confluent(broker.bootstrap, topic, [Rec(None, f"v{i}".encode(), partition=0) for i in range(100)])
+    wait_until(lambda: watermarks(broker.bootstrap, topic, 0)[1] == 100, 30, "100 records readable")
+
+    result = client.delete_records([TP(topic, 0, 40)], request_timeout=ADMIN_TIMEOUT)
+    deleted = result[TP(topic, 0, 40)].result(timeout=ADMIN_TIMEOUT)
+    assert deleted.low_watermark == 40, deleted
+    assert watermarks(broker.bootstrap, topic, 0) == (40, 100)
+
+    err = admin_error(client.delete_records([TP(topic, 0, 500)], request_timeout=ADMIN_TIMEOUT)[TP(topic, 0, 500)])
+    assert err.code() == KafkaError.OFFSET_OUT_OF_RANGE, err
+    assert watermarks(broker.bootstrap, topic, 0) == (40, 100)
+
+    below = raw_fetch(broker.bootstrap, topic, 0, 10)
+    assert below.error_code == 1, f"a fetch below the log start must be OFFSET_OUT_OF_RANGE, got {below.error_code}"
+
+    values = [m.value for m in consume_confluent(broker.bootstrap, topic, 0, start=40)]
+    assert values == [f"v{i}".encode() for i in range(40, 100)], values[:3]
+
+    broker.restart()
+    assert watermarks(broker.bootstrap, topic, 0) == (40, 100), "the log start survives a restart"
+
+
+def test_offset_for_leader_epoch_answers_the_high_watermark(broker):
+    """OffsetForLeaderEpoch v2 on the wire: for the epoch Metadata reports (0), the end
+    offset is the high watermark (a Strata log is never truncated); a current epoch the
+    client cannot have seen gets UNKNOWN_LEADER_EPOCH (75)."""
+    topic = unique_topic("ofle")
+    create_topic(broker.bootstrap, topic, 1)
+    produce_confluent(broker.bootstrap, topic, [Rec(None, b"x", partition=0) for _ in range(7)])
+    wait_until(lambda: watermarks(broker.bootstrap, topic, 0)[1] == 7, 30, "7 records readable")
+
+    def ask(current_epoch: int, epoch: int) -> tuple[int, int, int]:
+        body = (kw.i32(1) + kw.string(topic) + kw.i32(1)
+                + kw.i32(0) + kw.i32(current_epoch) + kw.i32(epoch))
+        with kw.KafkaConnection(broker.bootstrap) as conn:
+            corr = conn.send_request(23, 2, body)
+            r = kw.Reader(conn.recv_response(corr, 30))
+        r.i32()  # throttle
+        assert r.i32() == 1 and r.string() == topic and r.i32() == 1
+        error, partition, leader_epoch, end_offset = r.i16(), r.i32(), r.i32(), r.i64()
+        assert partition == 0
+        return error, leader_epoch, end_offset
+
+    assert ask(0, 0) == (0, 0, 7)
+    assert ask(-1, 0) == (0, 0, 7)
+    assert ask(5, 0)[0] == 75

@@ -501,6 +501,40 @@ impl Engine {
         self.lock().partitions.get(&tp).map(|l| l.hwm.subscribe())
     }
 
+    /// Deletes the records of `tp` below `offset` (the high watermark when `None`): the log
+    /// start moves there, in the catalog first, and reads below it are out of range from then
+    /// on. Returns the new log start (Kafka's low watermark).
+    pub async fn delete_records(
+        &self,
+        tp: TopicPartition,
+        offset: Option<Offset>,
+    ) -> Result<Offset, EngineError> {
+        let (epoch, log_start, hwm) = {
+            let state = self.lock();
+            let log = state.partitions.get(&tp).ok_or(EngineError::NotOwner(tp))?;
+            (log.epoch, log.log_start, *log.hwm.borrow())
+        };
+        let target = offset.unwrap_or(hwm);
+        if target > hwm || target.0 < 0 {
+            return Err(EngineError::OffsetOutOfRange {
+                tp,
+                offset: target,
+                log_start,
+                high_watermark: hwm,
+            });
+        }
+        let start = self
+            .inner
+            .catalog
+            .advance_log_start(tp, epoch, target)
+            .await?;
+        if let Some(log) = self.lock().partitions.get_mut(&tp) {
+            log.log_start = log.log_start.max(start);
+        }
+        tracing::info!(%tp, log_start = start.0, "deleted records below the new log start");
+        Ok(start)
+    }
+
     /// `(log start, high watermark)` of a partition, from memory if owned, else the catalog.
     pub async fn offsets(&self, tp: TopicPartition) -> Result<(Offset, Offset), EngineError> {
         if let Some(l) = self.lock().partitions.get(&tp) {

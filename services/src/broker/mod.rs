@@ -472,6 +472,19 @@ impl Broker {
         Ok(self.engine.offsets(tp).await?)
     }
 
+    /// Deletes a partition's records below `offset` (-1: the high watermark) by moving its log
+    /// start there (Kafka's DeleteRecords). Returns the new log start.
+    pub async fn delete_records(
+        &self,
+        topic: &Topic,
+        partition: i32,
+        offset: i64,
+    ) -> Result<Offset, BrokerError> {
+        let tp = topic.partition(partition)?;
+        let target = (offset != -1).then_some(Offset(offset));
+        Ok(self.engine.delete_records(tp, target).await?)
+    }
+
     /// Resolves a ListOffsets query to `(offset, timestamp)`; `None` when no record is at or
     /// after the timestamp (Kafka answers -1, -1).
     pub async fn list_offset(

@@ -53,7 +53,7 @@ fn topic_entry(broker: &Broker, topic: &Topic) -> MetadataResponseTopic {
             MetadataResponsePartition::default()
                 .with_partition_index(p)
                 .with_leader_id(node)
-                .with_leader_epoch(0)
+                .with_leader_epoch(super::log::LEADER_EPOCH)
                 .with_replica_nodes(vec![node])
                 .with_isr_nodes(vec![node])
         })

@@ -19,6 +19,7 @@ mod configs;
 mod errors;
 mod fetch;
 mod groups;
+mod log;
 mod metadata;
 mod offsets;
 mod produce;
@@ -58,6 +59,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::JoinGroup, 0, 9),
@@ -321,6 +324,12 @@ async fn dispatch(
             req,
             decode(req, frame)?,
         )?)),
+        ApiKey::DeleteRecords => Reply::Ready(Some(
+            log::delete_records(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::OffsetForLeaderEpoch => Reply::Ready(Some(
+            log::offset_for_leader_epoch(broker, req, decode(req, frame)?).await?,
+        )),
         ApiKey::InitProducerId => Reply::Ready(Some(
             produce::init_producer_id(broker, req, decode(req, frame)?).await?,
         )),

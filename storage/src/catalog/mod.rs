@@ -201,6 +201,16 @@ pub trait Catalog: Send + Sync {
         tp: TopicPartition,
     ) -> Result<Option<PartitionState>, CatalogError>;
 
+    /// Moves a partition's log start forward to `offset` (DeleteRecords; later retention),
+    /// fenced by the owner's epoch. Never moves it back and never past the high watermark;
+    /// returns the log start after the call.
+    async fn advance_log_start(
+        &self,
+        tp: TopicPartition,
+        epoch: Epoch,
+        offset: Offset,
+    ) -> Result<Offset, CatalogError>;
+
     /// Records a flushed segment: its object and extents, advancing each partition's high
     /// watermark, in one transaction fenced by each extent's epoch. Extents of partitions that
     /// no longer exist (their topic was deleted) are skipped.

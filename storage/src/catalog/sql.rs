@@ -466,6 +466,30 @@ impl Catalog for SqlCatalog {
         .transpose()
     }
 
+    async fn advance_log_start(
+        &self,
+        tp: TopicPartition,
+        epoch: Epoch,
+        offset: Offset,
+    ) -> Result<Offset, CatalogError> {
+        sqlx::query(
+            "UPDATE partitions SET log_start_offset = $1 \
+             WHERE topic_id = $2 AND partition_id = $3 AND owner_epoch = $4 \
+             AND log_start_offset < $1 AND high_watermark >= $1",
+        )
+        .bind(offset.0)
+        .bind(tp.topic.to_string())
+        .bind(tp.partition.0)
+        .bind(epoch.0)
+        .execute(&self.pool)
+        .await?;
+        match self.partition_state(tp).await? {
+            Some(s) if s.epoch != epoch => Err(CatalogError::Fenced { tp, epoch }),
+            Some(s) => Ok(s.log_start_offset),
+            None => Err(CatalogError::UnknownTopic(tp.topic.to_string())),
+        }
+    }
+
     async fn commit_flushes(&self, commits: &[FlushCommit]) -> Result<(), CatalogError> {
         let mut tx = self.pool.begin().await?;
         for commit in commits {
