@@ -126,6 +126,43 @@ async fn commits_advance_and_extents_are_found(c: &dyn Catalog) {
     );
 }
 
+/// DeleteRecords: the log start moves forward only, never past the high watermark, and only
+/// for the current owner's epoch.
+async fn log_start_advances(c: &dyn Catalog) {
+    let t = c
+        .create_topic(&unique("trim"), 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    let p0 = tp(t.id, 0);
+    let epoch = c.claim_partitions("b1", &[p0]).await.unwrap()[0].epoch;
+    c.commit_flush(&commit(&unique("obj"), &[(extent(p0, 0, 9), epoch)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.advance_log_start(p0, epoch, Offset(4)).await.unwrap(),
+        Offset(4)
+    );
+    assert_eq!(
+        c.advance_log_start(p0, epoch, Offset(2)).await.unwrap(),
+        Offset(4),
+        "never backwards"
+    );
+    assert_eq!(
+        c.advance_log_start(p0, epoch, Offset(11)).await.unwrap(),
+        Offset(4),
+        "never past the high watermark"
+    );
+    assert!(matches!(
+        c.advance_log_start(p0, Epoch(epoch.0 + 7), Offset(6)).await,
+        Err(CatalogError::Fenced { .. })
+    ));
+    let s = c.partition_state(p0).await.unwrap().unwrap();
+    assert_eq!(
+        (s.log_start_offset, s.high_watermark),
+        (Offset(4), Offset(10))
+    );
+}
+
 /// Two brokers race to commit the same partition: the one holding the newer epoch wins, the
 /// other's commit fails as a whole (none of its partitions move), whatever the order.
 async fn stale_epoch_is_fenced(a: Arc<dyn Catalog>, b: Arc<dyn Catalog>) {
@@ -237,6 +274,7 @@ async fn suite(url: &str) {
     let b: Arc<dyn Catalog> = Arc::new(SqlCatalog::connect(url).await.unwrap());
     topics_and_configs(a.as_ref()).await;
     commits_advance_and_extents_are_found(a.as_ref()).await;
+    log_start_advances(a.as_ref()).await;
     group_offsets(a.as_ref()).await;
     producer_state_commits_with_the_data(a.as_ref()).await;
     stale_epoch_is_fenced(a, b).await;
