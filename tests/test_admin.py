@@ -752,3 +752,67 @@ def test_offset_for_leader_epoch_answers_the_high_watermark(broker):
     assert ask(0, 0) == (0, 0, 7)
     assert ask(-1, 0) == (0, 0, 7)
     assert ask(5, 0)[0] == 75
+
+
+# --------------------------------------- DescribeProducers, List/DescribeTransactions
+
+
+def _read_uvarint(r: "kw.Reader") -> int:
+    shift = result = 0
+    while True:
+        b = r.i8() & 0xFF
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result
+        shift += 7
+
+
+def _compact_string(r: "kw.Reader") -> str | None:
+    n = _read_uvarint(r) - 1
+    if n < 0:
+        return None
+    return bytes(r.i8() & 0xFF for _ in range(n)).decode()
+
+
+def test_describe_producers_and_transactions(broker):
+    """DescribeProducers (KIP-664) on the wire: after an idempotent confluent producer
+    wrote 10 records, the partition lists that producer with epoch 0 and last sequence 9.
+    ListTransactions answers an empty list and echoes an unknown state filter;
+    DescribeTransactions answers TRANSACTIONAL_ID_NOT_FOUND (105): no transactions exist."""
+    topic = unique_topic("producers")
+    create_topic(broker.bootstrap, topic, 1)
+    produce_confluent(broker.bootstrap, topic, [Rec(None, b"x", partition=0) for _ in range(10)],
+                      **{"enable.idempotence": True})
+
+    body = (kw.uvarint(2) + kw.compact_string(topic) + kw.uvarint(2) + kw.i32(0) + b"\x00" + b"\x00")
+    with kw.KafkaConnection(broker.bootstrap) as conn:
+        corr = conn.send_request(61, 0, body, flexible_header=True)
+        r = kw.Reader(conn.recv_response(corr, 30, flexible_header=True))
+    r.i32()  # throttle
+    assert _read_uvarint(r) == 2 and _compact_string(r) == topic
+    assert _read_uvarint(r) == 2
+    partition, error = r.i32(), r.i16()
+    assert (partition, error) == (0, 0)
+    _compact_string(r)  # error message
+    producers = _read_uvarint(r) - 1
+    assert producers == 1, f"one idempotent producer expected, got {producers}"
+    pid, epoch, last_seq = r.i64(), r.i32(), r.i32()
+    assert pid >= 0 and epoch == 0 and last_seq == 9, (pid, epoch, last_seq)
+
+    body = kw.uvarint(2) + kw.compact_string("NoSuchState") + kw.uvarint(1) + kw.i64(-1) + b"\x00"
+    with kw.KafkaConnection(broker.bootstrap) as conn:
+        corr = conn.send_request(66, 1, body, flexible_header=True)
+        r = kw.Reader(conn.recv_response(corr, 30, flexible_header=True))
+    r.i32()
+    assert r.i16() == 0
+    assert _read_uvarint(r) == 2 and _compact_string(r) == "NoSuchState"
+    assert _read_uvarint(r) == 1, "no transactions"
+
+    body = kw.uvarint(2) + kw.compact_string("my-txn") + b"\x00"
+    with kw.KafkaConnection(broker.bootstrap) as conn:
+        corr = conn.send_request(65, 0, body, flexible_header=True)
+        r = kw.Reader(conn.recv_response(corr, 30, flexible_header=True))
+    r.i32()
+    assert _read_uvarint(r) == 2
+    assert r.i16() == 105
+    assert _compact_string(r) == "my-txn"

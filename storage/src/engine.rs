@@ -535,6 +535,20 @@ impl Engine {
         Ok(start)
     }
 
+    /// The idempotent producers this broker knows on `tp`, with their state, by producer id
+    /// (DescribeProducers).
+    pub fn active_producers(&self, tp: TopicPartition) -> Vec<(i64, ProducerEntry)> {
+        let state = self.lock();
+        let mut out: Vec<(i64, ProducerEntry)> = state
+            .producers
+            .iter()
+            .filter(|((t, _), _)| *t == tp)
+            .map(|((_, pid), e)| (*pid, e.clone()))
+            .collect();
+        out.sort_by_key(|(pid, _)| *pid);
+        out
+    }
+
     /// `(log start, high watermark)` of a partition, from memory if owned, else the catalog.
     pub async fn offsets(&self, tp: TopicPartition) -> Result<(Offset, Offset), EngineError> {
         if let Some(l) = self.lock().partitions.get(&tp) {

@@ -472,6 +472,21 @@ impl Broker {
         Ok(self.engine.offsets(tp).await?)
     }
 
+    /// The idempotent producers writing to a partition: `(producer id, epoch, last sequence)`.
+    pub fn active_producers(
+        &self,
+        topic: &Topic,
+        partition: i32,
+    ) -> Result<Vec<(i64, i16, i32)>, BrokerError> {
+        let tp = topic.partition(partition)?;
+        Ok(self
+            .engine
+            .active_producers(tp)
+            .into_iter()
+            .map(|(pid, e)| (pid, e.epoch, e.batches.back().map_or(-1, |b| b.last_seq)))
+            .collect())
+    }
+
     /// Deletes a partition's records below `offset` (-1: the high watermark) by moving its log
     /// start there (Kafka's DeleteRecords). Returns the new log start.
     pub async fn delete_records(

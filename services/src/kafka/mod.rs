@@ -23,6 +23,7 @@ mod log;
 mod metadata;
 mod offsets;
 mod produce;
+mod producers;
 
 use std::net::SocketAddr;
 use std::sync::LazyLock;
@@ -61,6 +62,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::JoinGroup, 0, 9),
@@ -330,6 +334,17 @@ async fn dispatch(
         ApiKey::OffsetForLeaderEpoch => Reply::Ready(Some(
             log::offset_for_leader_epoch(broker, req, decode(req, frame)?).await?,
         )),
+        ApiKey::DescribeProducers => Reply::Ready(Some(
+            producers::describe_producers(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::ListTransactions => Reply::Ready(Some(producers::list_transactions(
+            req,
+            decode(req, frame)?,
+        )?)),
+        ApiKey::DescribeTransactions => Reply::Ready(Some(producers::describe_transactions(
+            req,
+            decode(req, frame)?,
+        )?)),
         ApiKey::InitProducerId => Reply::Ready(Some(
             produce::init_producer_id(broker, req, decode(req, frame)?).await?,
         )),
