@@ -816,3 +816,27 @@ def test_describe_producers_and_transactions(broker):
     assert _read_uvarint(r) == 2
     assert r.i16() == 105
     assert _compact_string(r) == "my-txn"
+
+
+def test_list_offsets_max_timestamp(broker):
+    """ListOffsets v7's MAX_TIMESTAMP (KIP-734), through confluent-kafka's AdminClient: the
+    first record carrying the partition's largest timestamp, even when later records are
+    older; an empty partition answers -1."""
+    from confluent_kafka import TopicPartition as TP
+    from confluent_kafka.admin import OffsetSpec
+
+    client = admin(broker.bootstrap)
+    topic = unique_topic("maxts")
+    create_topic(broker.bootstrap, topic, 2)
+    stamps = [1_700_000_001_000, 1_700_000_005_000, 1_700_000_003_000, 1_700_000_005_000,
+              1_700_000_002_000]
+    produce_confluent(broker.bootstrap, topic,
+                      [Rec(None, f"v{i}".encode(), timestamp=ts, partition=0) for i, ts in enumerate(stamps)])
+    wait_until(lambda: watermarks(broker.bootstrap, topic, 0)[1] == len(stamps), 30, "records readable")
+    result = client.list_offsets({TP(topic, 0): OffsetSpec.max_timestamp(),
+                                  TP(topic, 1): OffsetSpec.max_timestamp()},
+                                 request_timeout=ADMIN_TIMEOUT)
+    got = result[TP(topic, 0)].result(timeout=ADMIN_TIMEOUT)
+    assert (got.offset, got.timestamp) == (1, 1_700_000_005_000), got
+    empty = result[TP(topic, 1)].result(timeout=ADMIN_TIMEOUT)
+    assert empty.offset == -1, empty

@@ -232,6 +232,7 @@ class Member:
         self.rows: list[Row] = []
         self.error: BaseException | None = None
         self.task: asyncio.Task | None = None
+        self.stopping = False
 
     async def start(self) -> "Member":
         await bounded(self.client.start(), f"{self.name} start")
@@ -239,8 +240,10 @@ class Member:
         return self
 
     async def _run(self) -> None:
+        # Ended by a flag, not Task.cancel(): before Python 3.12, asyncio.wait_for can swallow
+        # a cancellation that arrives as the awaited call completes.
         try:
-            while True:
+            while not self.stopping:
                 batches = await bounded(self.client.getmany(timeout_ms=200), f"{self.name} getmany")
                 if not batches:
                     continue
@@ -249,8 +252,6 @@ class Member:
                 await bounded(self.client.commit({tp: msgs[-1].offset + 1
                                                   for tp, msgs in batches.items() if msgs}),
                               f"{self.name} commit")
-        except asyncio.CancelledError:
-            raise
         except BaseException as exc:  # reported by check()
             self.error = exc
 
@@ -261,14 +262,13 @@ class Member:
         assert self.error is None, f"{self.name} failed: {self.error!r}"
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await bounded(self.task, f"{self.name} poll loop to end")
-            except asyncio.CancelledError:
-                pass
+        self.stopping = True
+        try:
+            if self.task is not None:
+                await bounded(asyncio.shield(self.task), f"{self.name} poll loop to end")
+        finally:
+            await bounded(self.client.stop(), f"{self.name} stop (LeaveGroup)")
         self.check()
-        await bounded(self.client.stop(), f"{self.name} stop (LeaveGroup)")
 
 
 def test_two_members_split_partitions_and_survivor_takes_over(broker):
@@ -347,9 +347,11 @@ def test_two_members_split_partitions_and_survivor_takes_over(broker):
                 f"{sorted(set(after) & set(sent1))[:5]}; missing new ones: "
                 f"{sorted(set(sent2) - set(after))[:5]}")
         finally:
-            for m in members:
-                await m.stop()
-            await bounded(producer.stop(), "producer stop")
+            try:
+                for m in members:
+                    await m.stop()
+            finally:
+                await bounded(producer.stop(), "producer stop")
 
     asyncio.run(scenario())
 

@@ -149,6 +149,19 @@ impl Engine {
 
     /// The first offset of `tp` whose record timestamp is at or after `timestamp`, with that
     /// record's timestamp; `None` when every record is older.
+    /// The offset and timestamp of the first record carrying the partition's largest
+    /// timestamp (Kafka's `MAX_TIMESTAMP`, KIP-734), among records not deleted.
+    pub async fn offset_for_max_timestamp(
+        &self,
+        tp: TopicPartition,
+    ) -> Result<Option<(Offset, i64)>, EngineError> {
+        let (log_start, _) = self.offsets(tp).await?;
+        match self.inner.catalog.max_timestamp(tp, log_start).await? {
+            Some(ts) => self.offset_for_timestamp(tp, ts).await,
+            None => Ok(None),
+        }
+    }
+
     pub async fn offset_for_timestamp(
         &self,
         tp: TopicPartition,

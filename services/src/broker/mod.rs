@@ -113,6 +113,8 @@ pub enum OffsetSpec {
     Latest,
     /// The first record at or after this timestamp (ms).
     Timestamp(i64),
+    /// The first record with the largest timestamp (KIP-734).
+    MaxTimestamp,
 }
 
 /// The broker core. Cheap to clone.
@@ -514,6 +516,7 @@ impl Broker {
             OffsetSpec::Earliest => Some((start, -1)),
             OffsetSpec::Latest => Some((end, -1)),
             OffsetSpec::Timestamp(ts) => self.engine.offset_for_timestamp(tp, ts).await?,
+            OffsetSpec::MaxTimestamp => self.engine.offset_for_max_timestamp(tp).await?,
         })
     }
 }

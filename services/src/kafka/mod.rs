@@ -46,12 +46,12 @@ pub use codec::ConnError;
 /// an UNSUPPORTED_VERSION answer instead, as Kafka does, so clients can negotiate).
 ///
 /// Caps below the crate's maxima, and why: Produce ≤ 12 and Fetch ≤ 12 because v13 names
-/// topics only by id; ListOffsets ≤ 6 because v7+ adds the max-timestamp query; OffsetCommit
+/// topics only by id; ListOffsets ≤ 7 because v8+ asks for tiered-storage offsets (KIP-405); OffsetCommit
 /// and OffsetFetch ≤ 8 because v9 belongs to the KIP-848 group protocol.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 12),
     (ApiKey::Fetch, 4, 12),
-    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),

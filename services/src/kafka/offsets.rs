@@ -13,6 +13,7 @@ use crate::broker::{Broker, OffsetSpec};
 /// Kafka's special timestamps in ListOffsets.
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
 
 /// Answers a ListOffsets request.
 pub async fn list_offsets(
@@ -30,6 +31,7 @@ pub async fn list_offsets(
             let spec = match p.timestamp {
                 LATEST => OffsetSpec::Latest,
                 EARLIEST => OffsetSpec::Earliest,
+                MAX_TIMESTAMP if req.version >= 7 => OffsetSpec::MaxTimestamp,
                 ts if ts >= 0 => OffsetSpec::Timestamp(ts),
                 _ => {
                     partitions

@@ -201,6 +201,14 @@ pub trait Catalog: Send + Sync {
         tp: TopicPartition,
     ) -> Result<Option<PartitionState>, CatalogError>;
 
+    /// The largest record timestamp among the extents of `tp` that end at or after `from`
+    /// (ListOffsets' max-timestamp query, KIP-734); `None` for an empty partition.
+    async fn max_timestamp(
+        &self,
+        tp: TopicPartition,
+        from: Offset,
+    ) -> Result<Option<i64>, CatalogError>;
+
     /// Moves a partition's log start forward to `offset` (DeleteRecords; later retention),
     /// fenced by the owner's epoch. Never moves it back and never past the high watermark;
     /// returns the log start after the call.

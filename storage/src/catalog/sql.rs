@@ -466,6 +466,23 @@ impl Catalog for SqlCatalog {
         .transpose()
     }
 
+    async fn max_timestamp(
+        &self,
+        tp: TopicPartition,
+        from: Offset,
+    ) -> Result<Option<i64>, CatalogError> {
+        let row = sqlx::query(
+            "SELECT MAX(max_ts) AS ts FROM extents \
+             WHERE topic_id = $1 AND partition_id = $2 AND last_offset >= $3",
+        )
+        .bind(tp.topic.to_string())
+        .bind(tp.partition.0)
+        .bind(from.0)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<Option<i64>, _>("ts")?)
+    }
+
     async fn advance_log_start(
         &self,
         tp: TopicPartition,
