@@ -85,6 +85,9 @@ pub struct JoinRequest {
     pub protocols: Vec<(String, Bytes)>,
     /// KIP-394 (JoinGroup v4+): a new member first gets an id and must rejoin with it.
     pub require_known_member_id: bool,
+    /// KIP-814 (JoinGroup v9+): the client understands `skip_assignment`, so a static leader
+    /// that returns to a stable group need not cause a rebalance.
+    pub supports_skip_assignment: bool,
 }
 
 /// A JoinGroup answer.
@@ -102,6 +105,9 @@ pub struct JoinResponse {
     pub member_id: String,
     /// For the leader only: every member, with its instance id and metadata.
     pub members: Vec<(String, Option<String>, Bytes)>,
+    /// KIP-814: a returning static leader gets the members (to watch their subscriptions)
+    /// but must not compute a new assignment: the current one stands.
+    pub skip_assignment: bool,
 }
 
 /// A SyncGroup request, decoded.
@@ -271,7 +277,16 @@ impl Group {
             leader: self.leader.clone().unwrap_or_default(),
             member_id,
             members: Vec::new(),
+            skip_assignment: false,
         }
+    }
+
+    /// Every member with its instance id and metadata for `protocol`: what a leader sees.
+    fn roster(&self, protocol: &str) -> Vec<(String, Option<String>, Bytes)> {
+        self.members
+            .iter()
+            .map(|(id, m)| (id.clone(), m.instance_id.clone(), m.metadata(protocol)))
+            .collect()
     }
 
     /// Parks `member_id`'s JoinGroup until the join phase ends, starting the phase if needed
@@ -347,11 +362,7 @@ impl Group {
         };
         self.protocol = protocol.clone();
         self.state = State::CompletingRebalance;
-        let roster: Vec<(String, Option<String>, Bytes)> = self
-            .members
-            .iter()
-            .map(|(id, m)| (id.clone(), m.instance_id.clone(), m.metadata(&protocol)))
-            .collect();
+        let roster = self.roster(&protocol);
         let now = Instant::now();
         for (id, m) in self.members.iter_mut() {
             m.assignment = Bytes::new();
@@ -368,6 +379,7 @@ impl Group {
                     } else {
                         Vec::new()
                     },
+                    skip_assignment: false,
                 }));
             }
         }
@@ -578,7 +590,8 @@ impl Coordinator {
 
     /// A static member returning with a new process: it takes over the old membership under a
     /// new id (fencing the old one). In a stable group with an unchanged subscription no
-    /// rebalance is needed; otherwise it joins like anyone else.
+    /// rebalance is needed — for the leader too when its client speaks KIP-814, which gets the
+    /// members with `skip_assignment` — otherwise it joins like anyone else.
     fn replace_static(&self, group: &mut Group, old: &str, req: &JoinRequest) -> Admitted {
         let new_id = self.new_member_id(&req.client_id);
         let Some(mut member) = group.members.remove(old) else {
@@ -600,8 +613,17 @@ impl Coordinator {
             group.leader = Some(new_id.clone());
         }
         group.members.insert(new_id.clone(), member);
-        if group.state == State::Stable && unchanged && !was_leader {
-            return Admitted::Immediate(group.current_join(new_id));
+        if group.state == State::Stable && unchanged {
+            if !was_leader {
+                return Admitted::Immediate(group.current_join(new_id));
+            }
+            if req.supports_skip_assignment {
+                tracing::info!(group = %req.group, member = %new_id, "static leader returned; assignment kept (KIP-814)");
+                let mut answer = group.current_join(new_id);
+                answer.members = group.roster(&group.protocol);
+                answer.skip_assignment = true;
+                return Admitted::Immediate(answer);
+            }
         }
         group.await_join(&new_id, self.config.initial_rebalance_delay)
     }
@@ -924,6 +946,7 @@ mod tests {
                 .map(|p| (p.to_string(), Bytes::from(format!("meta-{p}"))))
                 .collect(),
             require_known_member_id: true,
+            supports_skip_assignment: true,
         }
     }
 
@@ -986,6 +1009,55 @@ mod tests {
         let again = c.join(join(&leader.member_id, &["range"])).await.unwrap();
         assert_eq!(again.generation, 2);
         assert_eq!(again.members.len(), 1);
+    }
+
+    /// KIP-814: a static leader that restarts into a stable group keeps the assignment: it
+    /// gets the members with `skip_assignment`, no new generation, and its old assignment on
+    /// sync. A client without KIP-814 makes the group rebalance instead.
+    #[tokio::test]
+    async fn a_returning_static_leader_skips_the_assignment() {
+        let (c, _dir) = coordinator().await;
+        let mut first = join("", &["range"]);
+        first.instance_id = Some("host-1".into());
+        let joined = c.join(first.clone()).await.unwrap();
+        assert_eq!(
+            (joined.generation, joined.leader.clone()),
+            (1, joined.member_id.clone())
+        );
+        let sync = |m: &str, assignments: Vec<(String, Bytes)>| SyncRequest {
+            group: "g".into(),
+            generation: 1,
+            member_id: m.into(),
+            assignments,
+        };
+        let mine = Bytes::from_static(b"p0,p1");
+        c.sync(sync(
+            &joined.member_id,
+            vec![(joined.member_id.clone(), mine.clone())],
+        ))
+        .await
+        .unwrap();
+
+        // The same instance restarts: a new member id, the same generation, no rebalance.
+        let back = c.join(first.clone()).await.unwrap();
+        assert_ne!(back.member_id, joined.member_id);
+        assert_eq!(back.generation, 1);
+        assert_eq!(back.leader, back.member_id);
+        assert!(back.skip_assignment);
+        assert_eq!(back.members.len(), 1);
+        assert_eq!(c.describe("g").await.unwrap().state, "Stable");
+        assert_eq!(c.sync(sync(&back.member_id, vec![])).await.unwrap(), mine);
+        assert!(matches!(
+            c.heartbeat("g", 1, &joined.member_id),
+            Err(BrokerError::UnknownMemberId(_))
+        ));
+
+        // Without KIP-814 the returning leader rebalances.
+        let mut old_client = first;
+        old_client.supports_skip_assignment = false;
+        let again = c.join(old_client).await.unwrap();
+        assert_eq!(again.generation, 2);
+        assert!(!again.skip_assignment);
     }
 
     #[tokio::test]

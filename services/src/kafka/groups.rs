@@ -105,6 +105,7 @@ pub async fn join_group(
             .map(|p| (p.name.to_string(), p.metadata))
             .collect(),
         require_known_member_id: req.version >= 4,
+        supports_skip_assignment: req.version >= 9,
     };
     let body = match broker.groups().join(join).await {
         Ok(r) => JoinGroupResponse::default()
@@ -113,6 +114,7 @@ pub async fn join_group(
             .with_protocol_name(Some(text(r.protocol)))
             .with_leader(text(r.leader))
             .with_member_id(text(r.member_id))
+            .with_skip_assignment(r.skip_assignment)
             .with_members(
                 r.members
                     .into_iter()

@@ -40,6 +40,9 @@ pub async fn join(ctx: &Ctx, frame: &Frame) -> Result<Reply, WireError> {
                 .map(|p| (p.name, Bytes::from(p.metadata)))
                 .collect(),
             require_known_member_id: true,
+            // The native join answer has no skip_assignment: a returning static leader
+            // rebalances, as a Kafka client before JoinGroup v9 does.
+            supports_skip_assignment: false,
         })
         .await?;
     Ok(Reply::new(&JoinGroupResponse {
