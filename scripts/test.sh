@@ -2,9 +2,11 @@
 # Build Strata and run every test: the Rust workspace tests, then the Python
 # end-to-end suite in tests/ against target/release/strata.
 #
-# Installs what is missing first (kcat and PostgreSQL through apt-get, the Python
-# clients and moto through pip). Works from any directory, as a normal user (apt
-# through sudo) or as root, as CI runs it. Extra arguments go to pytest, e.g.
+# Installs what is missing first (kcat, PostgreSQL and Node.js/npm through apt-get,
+# the Python clients and moto through pip; the kafkajs tests run `npm install` in
+# tests/js themselves, from its package-lock.json). Works from any directory, as
+# a normal user (apt through sudo) or as root, as CI runs it. Extra arguments go
+# to pytest, e.g.
 #   scripts/test.sh -k roundtrip -x
 set -euo pipefail
 
@@ -28,6 +30,7 @@ add_postgres_to_path() {
 command -v initdb >/dev/null 2>&1 || add_postgres_to_path
 missing=()
 command -v kcat >/dev/null 2>&1 || command -v kafkacat >/dev/null 2>&1 || missing+=(kcat)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if ! command -v initdb >/dev/null 2>&1 || ! command -v pg_ctl >/dev/null 2>&1 \
     || ! command -v psql >/dev/null 2>&1; then
   missing+=(postgresql)
@@ -45,11 +48,11 @@ fi
 
 # --- Python packages ----------------------------------------------------------------
 # zstandard/lz4/python-snappy let kafka-python decode batches the broker compresses.
-if ! python3 -c 'import confluent_kafka, kafka, moto, flask, flask_cors, pytest, zstandard, lz4.frame, snappy, aioquic' \
+if ! python3 -c 'import confluent_kafka, kafka, aiokafka, moto, flask, flask_cors, pytest, zstandard, lz4.frame, snappy, aioquic' \
     >/dev/null 2>&1; then
   log "pip install test dependencies"
   PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
-    confluent-kafka kafka-python 'moto[server]' pytest zstandard lz4 python-snappy aioquic
+    confluent-kafka kafka-python aiokafka 'moto[server]' pytest zstandard lz4 python-snappy aioquic
 fi
 
 # --- Rust -------------------------------------------------------------------------------

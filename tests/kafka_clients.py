@@ -8,7 +8,9 @@ Three independent client stacks talk to the broker:
 
 Every helper takes a timeout and fails with a message saying what it was
 waiting for. Records are normalised into `Rec` so results from different
-clients can be compared with ``==``.
+clients can be compared with ``==``. ``assert_idempotent_batches`` reads a topic
+raw (``kafka_wire``) to check that a client's batches really carried a producer
+id and gap-free sequences.
 
 Strata has no consumer groups yet, so consumers use ``assign()`` with explicit
 offsets. librdkafka refuses to build a Consumer without ``group.id``, so it gets

@@ -66,8 +66,8 @@ async def bounded(aw: Awaitable[T], what: str, timeout: float = OP_TIMEOUT) -> T
         raise AssertionError(f"timed out after {timeout:.0f}s: {what}") from None
 
 
-async def wait_for(predicate: Callable[[], object], what: str, timeout: float = SETTLE_TIMEOUT,
-                   context: Callable[[], str] | None = None, interval: float = 0.05):
+async def poll_until(predicate: Callable[[], object], what: str, timeout: float = SETTLE_TIMEOUT,
+                     context: Callable[[], str] | None = None, interval: float = 0.05):
     """Poll a synchronous ``predicate`` on the event loop until it is truthy (bounded)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -295,16 +295,16 @@ def test_two_members_split_partitions_and_survivor_takes_over(broker):
                 pa, pb = a.partitions(), b.partitions()
                 return pa and pb and not (pa & pb) and (pa | pb) == everything
 
-            await wait_for(split, "both members to hold disjoint assignments covering the topic",
-                           context=lambda: f"a={sorted(a.partitions())} b={sorted(b.partitions())}")
+            await poll_until(split, "both members to hold disjoint assignments covering the topic",
+                             context=lambda: f"a={sorted(a.partitions())} b={sorted(b.partitions())}")
             owned = {m.name: m.partitions() for m in members}
 
             # Records for every partition go to that partition's owner only.
             batch1 = records("one", 4)
             sent1 = await produce(producer, topic, batch1, partition=lambda i: i % PARTITIONS)
-            await wait_for(lambda: len(a.rows) + len(b.rows) >= len(sent1),
-                           f"the two members to read {len(sent1)} records",
-                           context=lambda: f"a read {len(a.rows)}, b read {len(b.rows)}")
+            await poll_until(lambda: len(a.rows) + len(b.rows) >= len(sent1),
+                             f"the two members to read {len(sent1)} records",
+                             context=lambda: f"a read {len(a.rows)}, b read {len(b.rows)}")
             for m in members:
                 m.check()
                 assert m.partitions() == owned[m.name], (
@@ -330,16 +330,16 @@ def test_two_members_split_partitions_and_survivor_takes_over(broker):
 
             await a.stop()
             members.remove(a)
-            await wait_for(lambda: b.check() or b.partitions() == everything,
-                           "the surviving member to be assigned every partition",
-                           context=lambda: f"b={sorted(b.partitions())}")
+            await poll_until(lambda: b.check() or b.partitions() == everything,
+                             "the surviving member to be assigned every partition",
+                             context=lambda: f"b={sorted(b.partitions())}")
 
             b_before = len(b.rows)
             sent2 = await produce(producer, topic, records("two", 3),
                                   partition=lambda i: i % PARTITIONS)
-            await wait_for(lambda: len(b.rows) - b_before >= len(sent2),
-                           f"the survivor to read the {len(sent2)} new records",
-                           context=lambda: f"read {len(b.rows) - b_before}: {b.rows[b_before:][:5]}")
+            await poll_until(lambda: len(b.rows) - b_before >= len(sent2),
+                             f"the survivor to read the {len(sent2)} new records",
+                             context=lambda: f"read {len(b.rows) - b_before}: {b.rows[b_before:][:5]}")
             b.check()
             after = b.rows[b_before:]
             assert sorted(after) == sorted(sent2), (

@@ -75,7 +75,10 @@ class KafkaJS:
             raise AssertionError(f"{' '.join(cmd[1:])} did not exit within {timeout + 30:.0f}s; "
                                  f"stderr: {exc.stderr}") from None
         lines = proc.stdout.strip().splitlines()
-        out = json.loads(lines[-1]) if lines else None
+        try:
+            out = json.loads(lines[-1]) if lines else None  # the scripts print it last
+        except json.JSONDecodeError:
+            out = None
         assert proc.returncode == 0 and out is not None and "error" not in out, (
             f"{script} {' '.join(args)} exited {proc.returncode}\n"
             f"stderr: {proc.stderr.strip()[-3000:]}\nstdout: {proc.stdout.strip()[-3000:]}")
