@@ -828,8 +828,9 @@ def test_list_offsets_max_timestamp(broker):
     client = admin(broker.bootstrap)
     topic = unique_topic("maxts")
     create_topic(broker.bootstrap, topic, 2)
-    stamps = [1_700_000_001_000, 1_700_000_005_000, 1_700_000_003_000, 1_700_000_005_000,
-              1_700_000_002_000]
+    # Recent timestamps: older ones would be subject to the default 7-day retention.
+    t0 = (int(time.time()) - 60) * 1000
+    stamps = [t0 + 1000, t0 + 5000, t0 + 3000, t0 + 5000, t0 + 2000]
     produce_confluent(broker.bootstrap, topic,
                       [Rec(None, f"v{i}".encode(), timestamp=ts, partition=0) for i, ts in enumerate(stamps)])
     wait_until(lambda: watermarks(broker.bootstrap, topic, 0)[1] == len(stamps), 30, "records readable")
@@ -837,6 +838,6 @@ def test_list_offsets_max_timestamp(broker):
                                   TP(topic, 1): OffsetSpec.max_timestamp()},
                                  request_timeout=ADMIN_TIMEOUT)
     got = result[TP(topic, 0)].result(timeout=ADMIN_TIMEOUT)
-    assert (got.offset, got.timestamp) == (1, 1_700_000_005_000), got
+    assert (got.offset, got.timestamp) == (1, t0 + 5000), got
     empty = result[TP(topic, 1)].result(timeout=ADMIN_TIMEOUT)
     assert empty.offset == -1, empty

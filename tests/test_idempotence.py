@@ -130,7 +130,8 @@ def values(tag: str, first: int, count: int) -> list[bytes]:
 
 def idem_batch(pid: int, epoch: int, seq: int, vals: list[bytes]) -> bytes:
     """An idempotent producer's batch: records ``vals`` numbered from sequence ``seq``."""
-    return encode_record_batch([WireRecord(None, v) for v in vals], base_timestamp=1_700_000_000_000,
+    # A current timestamp: records older than retention.ms (7 days by default) may be deleted.
+    return encode_record_batch([WireRecord(None, v) for v in vals], base_timestamp=int(time.time() * 1000),
                                producer_id=pid, producer_epoch=epoch, base_sequence=seq)
 
 

@@ -27,6 +27,12 @@ const POOL: usize = 8192;
 /// Deliveries a producer leaves outstanding before it waits for some.
 const OUTSTANDING: usize = 100_000;
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Where the native front end of a broker is.
 #[derive(Clone)]
 pub struct Endpoint {
@@ -166,7 +172,8 @@ async fn produce_one(
             key: None,
             value: Some(pool[(i / parts) % pool.len()].clone()),
             headers: Vec::new(),
-            timestamp: 0,
+            // A real time: records older than retention.ms are deleted.
+            timestamp: now_ms(),
         };
         let partition = ((i + index) % parts) as i32;
         let sent = Instant::now();

@@ -125,6 +125,11 @@ pub struct ServeArgs {
     #[arg(long, env = "STRATA_MAX_MESSAGE_BYTES", default_value = "1048588", value_parser = parse_size)]
     pub max_message_bytes: usize,
 
+    /// How often topics' `retention.ms` and `retention.bytes` are applied (Kafka's
+    /// `log.retention.check.interval.ms`).
+    #[arg(long, env = "STRATA_RETENTION_INTERVAL_MS", default_value_t = 60_000)]
+    pub retention_interval_ms: u64,
+
     /// How long the first rebalance of an empty consumer group waits for more members
     /// (Kafka's `group.initial.rebalance.delay.ms`, whose 3 s default Strata shortens so a
     /// lone consumer starts quickly).

@@ -173,6 +173,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         args.max_request_bytes,
         stopped.clone(),
     ));
+    let retention_task = tokio::spawn(retention(
+        broker.clone(),
+        Duration::from_millis(args.retention_interval_ms.max(10)),
+        stopped.clone(),
+    ));
     let quic_task = tokio::spawn(crate::quic::serve(
         quic,
         broker,
@@ -196,11 +201,24 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     stop.send_replace(true);
     let _ = kafka_task.await;
     let _ = quic_task.await;
+    let _ = retention_task.await;
     engine.shutdown().await;
     cache.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Applies retention every `every` until the broker stops.
+async fn retention(broker: Broker, every: Duration, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => { broker.enforce_retention().await; }
+            _ = stopped.changed() => return,
+        }
+    }
 }
 
 async fn wait_for_signal() -> Result<()> {

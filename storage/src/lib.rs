@@ -9,6 +9,7 @@
 //! - [`flush`]: one [`segment`] object per interval, PUT to the [`objects`] store and
 //!   committed to the [`catalog`] (what `acks=all` waits for);
 //! - [`fetch`]: the read path, through the hybrid [`cache`];
+//! - [`retention`]: how far `retention.ms`/`retention.bytes` move a partition's log start;
 //! - [`metrics`]: counters for all of the above.
 
 pub mod batch;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod objects;
 pub mod producers;
 pub mod records;
+pub mod retention;
 pub mod segment;
 pub mod simulate;
 pub mod types;

@@ -38,6 +38,12 @@ const MAX_PRODUCE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Used when a client sends a non-positive produce timeout.
 const DEFAULT_PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
 
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// The ack level a client's `acks` number asks for: Kafka's `0`, `1` and `-1` (all), which the
 /// native protocol uses too.
 pub fn acks(value: i16) -> Result<Acks, BrokerError> {
@@ -487,6 +493,38 @@ impl Broker {
             .into_iter()
             .map(|(pid, e)| (pid, e.epoch, e.batches.back().map_or(-1, |b| b.last_seq)))
             .collect())
+    }
+
+    /// Applies every topic's `retention.ms` and `retention.bytes` once: partitions whose oldest
+    /// data is expired or over the size limit get a new log start. Returns how many moved.
+    pub async fn enforce_retention(&self) -> usize {
+        let now = chrono_now_ms();
+        let mut moved = 0;
+        for topic in self.topics() {
+            for p in 0..topic.meta.partitions {
+                let Ok(tp) = topic.partition(p) else { continue };
+                match self
+                    .engine
+                    .apply_retention(tp, topic.config.retention, now)
+                    .await
+                {
+                    Ok(Some(start)) => {
+                        moved += 1;
+                        tracing::info!(
+                            topic = topic.meta.name,
+                            partition = p,
+                            log_start = start.0,
+                            "retention moved the log start"
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(topic = topic.meta.name, partition = p, error = %e, "retention pass failed")
+                    }
+                }
+            }
+        }
+        moved
     }
 
     /// Deletes a partition's records below `offset` (-1: the high watermark) by moving its log

@@ -48,6 +48,9 @@ pub enum CompressionPolicy {
     Zstd,
 }
 
+/// Kafka's default `retention.ms`: seven days.
+const DEFAULT_RETENTION_MS: i64 = 604_800_000;
+
 /// The configs a topic acts on, parsed, with defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicConfig {
@@ -55,6 +58,8 @@ pub struct TopicConfig {
     pub max_message_bytes: usize,
     /// Compression of stored batches.
     pub compression: CompressionPolicy,
+    /// `retention.ms` and `retention.bytes` (`-1`: unbounded).
+    pub retention: strata_storage::retention::Retention,
 }
 
 /// Broker-wide defaults for topic configs.
@@ -162,7 +167,7 @@ const KNOWN: &[Known] = &[
     },
     Known {
         name: "retention.ms",
-        default: |_| "604800000".into(),
+        default: |_| DEFAULT_RETENTION_MS.to_string(),
         check: int_or_minus_one,
     },
     Known {
@@ -227,9 +232,17 @@ impl TopicConfig {
             Some("producer") | Some("uncompressed") => CompressionPolicy::AsSent,
             _ => CompressionPolicy::Zstd,
         };
+        let limit = |name: &str, default: Option<i64>| match configs.get(name) {
+            Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 0),
+            None => default,
+        };
         TopicConfig {
             max_message_bytes,
             compression,
+            retention: strata_storage::retention::Retention {
+                ms: limit("retention.ms", Some(DEFAULT_RETENTION_MS)),
+                bytes: limit("retention.bytes", None),
+            },
         }
     }
 }

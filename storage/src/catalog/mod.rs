@@ -209,6 +209,13 @@ pub trait Catalog: Send + Sync {
         from: Offset,
     ) -> Result<Option<i64>, CatalogError>;
 
+    /// Bytes and extents stored for `tp` from `from` on: what retention by size measures.
+    async fn stored_bytes(
+        &self,
+        tp: TopicPartition,
+        from: Offset,
+    ) -> Result<(i64, i64), CatalogError>;
+
     /// Moves a partition's log start forward to `offset` (DeleteRecords; later retention),
     /// fenced by the owner's epoch. Never moves it back and never past the high watermark;
     /// returns the log start after the call.

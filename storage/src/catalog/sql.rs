@@ -483,6 +483,23 @@ impl Catalog for SqlCatalog {
         Ok(row.try_get::<Option<i64>, _>("ts")?)
     }
 
+    async fn stored_bytes(
+        &self,
+        tp: TopicPartition,
+        from: Offset,
+    ) -> Result<(i64, i64), CatalogError> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(byte_len), 0) AS BIGINT) AS bytes, COUNT(*) AS extents FROM extents \
+             WHERE topic_id = $1 AND partition_id = $2 AND last_offset >= $3",
+        )
+        .bind(tp.topic.to_string())
+        .bind(tp.partition.0)
+        .bind(from.0)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("bytes")?, row.try_get("extents")?))
+    }
+
     async fn advance_log_start(
         &self,
         tp: TopicPartition,

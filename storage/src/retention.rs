@@ -1,0 +1,74 @@
+//! Retention by time and size: how far a partition's log start may move.
+//!
+//! Kafka deletes whole segments from the oldest while they are expired; Strata does the same
+//! with extents (one partition's run of batches in one flushed object). By time, an extent
+//! goes once its newest record is older than `retention.ms`, oldest first, stopping at the
+//! first extent that is not expired (timestamps need not grow with offsets). By size, the
+//! oldest extents go while the partition holds more than `retention.bytes`, always keeping
+//! the newest one, as Kafka keeps its active segment. Moving the log start is all this does;
+//! the objects whose extents are all below their partitions' log starts are collected later.
+
+use crate::catalog::Extent;
+use crate::engine::{Engine, EngineError};
+use crate::types::{Offset, TopicPartition};
+
+/// Extents read from the catalog per page while looking for the cut.
+const PAGE: i64 = 1000;
+
+/// A topic's retention settings; `None` keeps forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// `retention.ms`.
+    pub ms: Option<i64>,
+    /// `retention.bytes`.
+    pub bytes: Option<i64>,
+}
+
+impl Engine {
+    /// Applies `retention` to `tp` at time `now_ms`: returns the new log start when it moved.
+    pub async fn apply_retention(
+        &self,
+        tp: TopicPartition,
+        retention: Retention,
+        now_ms: i64,
+    ) -> Result<Option<Offset>, EngineError> {
+        if retention == Retention::default() {
+            return Ok(None);
+        }
+        let (log_start, _) = self.offsets(tp).await?;
+        let catalog = self.catalog();
+        let (mut excess, mut left) = match retention.bytes {
+            Some(limit) => {
+                let (bytes, extents) = catalog.stored_bytes(tp, log_start).await?;
+                (bytes - limit, extents)
+            }
+            None => (0, 0),
+        };
+        let cutoff = retention.ms.map(|ms| now_ms.saturating_sub(ms));
+        let mut cut: Option<Offset> = None;
+        let mut from = log_start;
+        'pages: loop {
+            let page: Vec<Extent> = catalog.extents(tp, from, PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            for e in &page {
+                let expired = cutoff.is_some_and(|c| e.meta.max_timestamp < c);
+                let too_big = excess > 0 && left > 1;
+                if !(expired || too_big) {
+                    break 'pages;
+                }
+                excess -= e.meta.byte_len as i64;
+                left -= 1;
+                cut = Some(e.meta.last_offset.plus(1));
+                from = e.meta.last_offset.plus(1);
+            }
+        }
+        match cut {
+            Some(offset) if offset > log_start => {
+                Ok(Some(self.delete_records(tp, Some(offset)).await?))
+            }
+            _ => Ok(None),
+        }
+    }
+}
