@@ -6,8 +6,9 @@ readable, so each lands in its own flush (its own extent, Strata's unit of delet
 Kafka segment):
 
 * by time: records whose timestamps are older than ``retention.ms`` go; the log start moves
-  past them, reads below it get OFFSET_OUT_OF_RANGE, the newer records stay readable, and
-  the new start survives a restart;
+  past them, reads below it get OFFSET_OUT_OF_RANGE, the object that held only them is
+  deleted (``--gc-grace-ms 0``), the newer records stay readable, and the new start survives
+  a restart;
 * by size: with ``retention.bytes`` smaller than the data, the oldest extents go but the
   newest stays (Kafka keeps its active segment);
 * ``retention.ms=-1`` with no size limit keeps everything.
@@ -20,7 +21,12 @@ from harness import wait_until
 from kafka_clients import Rec, create_topic, produce_confluent, unique_topic, watermarks
 from test_admin import raw_fetch
 
-RETENTION_ARGS = ("--retention-interval-ms", "200")
+RETENTION_ARGS = ("--retention-interval-ms", "200", "--gc-grace-ms", "0")
+
+
+def segment_objects(broker) -> set[str]:
+    """The segment objects in the broker's local object store."""
+    return {p.name for p in broker.objects_dir.rglob("*.seg")}
 
 
 def produce_and_wait(bootstrap: str, topic: str, values: list[bytes], timestamp: int | None = None) -> int:
@@ -38,9 +44,15 @@ def test_retention_by_time(make_broker):
     create_topic(broker.bootstrap, topic, 1, {"retention.ms": 5000})
     old = int(time.time() * 1000) - 60_000
     produce_and_wait(broker.bootstrap, topic, [b"old-%d" % i for i in range(5)], timestamp=old)
+    old_objects = segment_objects(broker)
+    assert len(old_objects) == 1, old_objects
     produce_and_wait(broker.bootstrap, topic, [b"new-%d" % i for i in range(5)])
     wait_until(lambda: watermarks(broker.bootstrap, topic, 0) == (5, 10), 30,
                "the expired records to leave the log")
+    # With no grace, the object that held only expired records is deleted; the other stays.
+    wait_until(lambda: not (segment_objects(broker) & old_objects), 30, "the expired object deleted")
+    assert len(segment_objects(broker)) == 1
+    assert broker.metrics().value("strata_gc_objects_deleted_total") >= 1
     assert raw_fetch(broker.bootstrap, topic, 0, 2).error_code == 1, "below the start: OFFSET_OUT_OF_RANGE"
     part = raw_fetch(broker.bootstrap, topic, 0, 5)
     assert part.error_code == 0 and part.records, "the records inside retention stay readable"

@@ -130,6 +130,11 @@ pub struct ServeArgs {
     #[arg(long, env = "STRATA_RETENTION_INTERVAL_MS", default_value_t = 60_000)]
     pub retention_interval_ms: u64,
 
+    /// How long an object with no live record left waits before it is deleted, so reads that
+    /// began before retention moved past it can finish.
+    #[arg(long, env = "STRATA_GC_GRACE_MS", default_value_t = 600_000)]
+    pub gc_grace_ms: u64,
+
     /// How long the first rebalance of an empty consumer group waits for more members
     /// (Kafka's `group.initial.rebalance.delay.ms`, whose 3 s default Strata shortens so a
     /// lone consumer starts quickly).

@@ -176,6 +176,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let retention_task = tokio::spawn(retention(
         broker.clone(),
         Duration::from_millis(args.retention_interval_ms.max(10)),
+        Duration::from_millis(args.gc_grace_ms),
         stopped.clone(),
     ));
     let quic_task = tokio::spawn(crate::quic::serve(
@@ -209,13 +210,23 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Applies retention every `every` until the broker stops.
-async fn retention(broker: Broker, every: Duration, mut stopped: watch::Receiver<bool>) {
+/// Applies retention, then collects objects left without live records, every `every` until
+/// the broker stops. Only catalog reads happen when there is nothing to do: an idle broker
+/// makes no object-store calls.
+async fn retention(
+    broker: Broker,
+    every: Duration,
+    grace: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => { broker.enforce_retention().await; }
+            _ = tick.tick() => {
+                broker.enforce_retention().await;
+                broker.collect_garbage(grace).await;
+            }
             _ = stopped.changed() => return,
         }
     }

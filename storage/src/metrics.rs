@@ -32,6 +32,8 @@ pub struct Metrics {
     pub wal_sync_seconds: Histogram,
     /// Segment objects written by the flusher.
     pub flushes: IntCounter,
+    /// Objects deleted because no live record was left in them.
+    pub gc_objects_deleted: IntCounter,
     /// Size of each flushed segment object.
     pub flush_bytes: Histogram,
     /// Time from the start of a flush to its catalog commit.
@@ -143,6 +145,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &registry,
             "strata_flushes_total",
             "Segment objects flushed.",
+        ),
+        gc_objects_deleted: counter(
+            &registry,
+            "strata_gc_objects_deleted_total",
+            "Objects deleted after retention or DeleteRecords left no live record in them.",
         ),
         flush_bytes: histogram(
             &registry,

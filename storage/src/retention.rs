@@ -6,7 +6,11 @@
 //! first extent that is not expired (timestamps need not grow with offsets). By size, the
 //! oldest extents go while the partition holds more than `retention.bytes`, always keeping
 //! the newest one, as Kafka keeps its active segment. Moving the log start is all this does;
-//! the objects whose extents are all below their partitions' log starts are collected later.
+//! the objects whose extents are all below their partitions' log starts are collected by
+//! [`Engine::collect_garbage`] once they have been dead for a grace period, long enough for
+//! reads that began before the log start moved.
+
+use std::time::Duration;
 
 use crate::catalog::Extent;
 use crate::engine::{Engine, EngineError};
@@ -14,6 +18,9 @@ use crate::types::{Offset, TopicPartition};
 
 /// Extents read from the catalog per page while looking for the cut.
 const PAGE: i64 = 1000;
+
+/// Dead objects deleted per garbage-collection pass.
+const GC_BATCH: i64 = 1000;
 
 /// A topic's retention settings; `None` keeps forever.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,5 +77,27 @@ impl Engine {
             }
             _ => Ok(None),
         }
+    }
+
+    /// Deletes objects that hold no live record and have been dead for `grace`, then forgets
+    /// them in the catalog (in that order: a crash in between leaves a catalog row whose
+    /// object is already gone, which the next pass forgets). Returns how many were deleted.
+    pub async fn collect_garbage(
+        &self,
+        now_ms: i64,
+        grace: Duration,
+    ) -> Result<usize, EngineError> {
+        let catalog = self.catalog();
+        catalog.mark_dead_objects(now_ms).await?;
+        let keys = catalog
+            .dead_objects(now_ms - grace.as_millis() as i64, GC_BATCH)
+            .await?;
+        for key in &keys {
+            self.objects().delete(key).await?;
+            catalog.forget_object(key).await?;
+            crate::metrics::metrics().gc_objects_deleted.inc();
+            tracing::info!(object = key, "deleted an object with no live records");
+        }
+        Ok(keys.len())
     }
 }

@@ -163,6 +163,48 @@ async fn log_start_advances(c: &dyn Catalog) {
     );
 }
 
+/// Garbage collection: an object becomes dead once the log start has passed every extent in
+/// it, and only then; forgetting it removes it and its extents.
+async fn dead_objects_are_found_and_forgotten(c: &dyn Catalog) {
+    let t = c
+        .create_topic(&unique("gc"), 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    let p0 = tp(t.id, 0);
+    let epoch = c.claim_partitions("b1", &[p0]).await.unwrap()[0].epoch;
+    let (old, new) = (unique("old"), unique("new"));
+    c.commit_flush(&commit(&old, &[(extent(p0, 0, 9), epoch)]))
+        .await
+        .unwrap();
+    c.commit_flush(&commit(&new, &[(extent(p0, 10, 19), epoch)]))
+        .await
+        .unwrap();
+    let far_future = i64::MAX / 2;
+    c.mark_dead_objects(1_000).await.unwrap();
+    let dead = c.dead_objects(far_future, 100).await.unwrap();
+    assert!(
+        !dead.contains(&old) && !dead.contains(&new),
+        "live objects are not dead"
+    );
+
+    c.advance_log_start(p0, epoch, Offset(10)).await.unwrap();
+    c.mark_dead_objects(2_000).await.unwrap();
+    let dead = c.dead_objects(far_future, 100).await.unwrap();
+    assert!(dead.contains(&old) && !dead.contains(&new), "{dead:?}");
+    assert!(
+        !c.dead_objects(1_999, 100).await.unwrap().contains(&old),
+        "dead since 2000, not before"
+    );
+    c.forget_object(&old).await.unwrap();
+    assert!(
+        !c.dead_objects(far_future, 100)
+            .await
+            .unwrap()
+            .contains(&old)
+    );
+    assert_eq!(c.extents(p0, Offset(0), 10).await.unwrap().len(), 1);
+}
+
 /// Two brokers race to commit the same partition: the one holding the newer epoch wins, the
 /// other's commit fails as a whole (none of its partitions move), whatever the order.
 async fn stale_epoch_is_fenced(a: Arc<dyn Catalog>, b: Arc<dyn Catalog>) {
@@ -275,6 +317,7 @@ async fn suite(url: &str) {
     topics_and_configs(a.as_ref()).await;
     commits_advance_and_extents_are_found(a.as_ref()).await;
     log_start_advances(a.as_ref()).await;
+    dead_objects_are_found_and_forgotten(a.as_ref()).await;
     group_offsets(a.as_ref()).await;
     producer_state_commits_with_the_data(a.as_ref()).await;
     stale_epoch_is_fenced(a, b).await;

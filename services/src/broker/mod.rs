@@ -527,6 +527,17 @@ impl Broker {
         moved
     }
 
+    /// Deletes the objects that have held no live record for `grace`.
+    pub async fn collect_garbage(&self, grace: Duration) -> usize {
+        match self.engine.collect_garbage(chrono_now_ms(), grace).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "garbage collection pass failed");
+                0
+            }
+        }
+    }
+
     /// Deletes a partition's records below `offset` (-1: the high watermark) by moving its log
     /// start there (Kafka's DeleteRecords). Returns the new log start.
     pub async fn delete_records(

@@ -216,6 +216,21 @@ pub trait Catalog: Send + Sync {
         from: Offset,
     ) -> Result<(i64, i64), CatalogError>;
 
+    /// Marks, at `now_ms`, every object none of whose extents holds a record at or after its
+    /// partition's log start (retention or DeleteRecords moved past all of it, or its topic
+    /// was deleted). Returns how many became dead. A dead object never comes back to life.
+    async fn mark_dead_objects(&self, now_ms: i64) -> Result<u64, CatalogError>;
+
+    /// Objects dead since `dead_before_ms` or earlier, oldest first.
+    async fn dead_objects(
+        &self,
+        dead_before_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, CatalogError>;
+
+    /// Forgets a deleted object and its extents.
+    async fn forget_object(&self, key: &str) -> Result<(), CatalogError>;
+
     /// Moves a partition's log start forward to `offset` (DeleteRecords; later retention),
     /// fenced by the owner's epoch. Never moves it back and never past the high watermark;
     /// returns the log start after the call.

@@ -107,6 +107,13 @@ CREATE TABLE IF NOT EXISTS id_counters (
 INSERT INTO id_counters (name, next_value) VALUES ('producer_id', 1000)
 "#,
     ),
+    (
+        "object garbage collection",
+        r#"
+ALTER TABLE objects ADD COLUMN dead_ms BIGINT;
+CREATE INDEX IF NOT EXISTS extents_by_object ON extents (object_key)
+"#,
+    ),
 ];
 
 /// Which engine a [`SqlCatalog`] talks to.
@@ -498,6 +505,51 @@ impl Catalog for SqlCatalog {
         .fetch_one(&self.pool)
         .await?;
         Ok((row.try_get("bytes")?, row.try_get("extents")?))
+    }
+
+    async fn mark_dead_objects(&self, now_ms: i64) -> Result<u64, CatalogError> {
+        let r = sqlx::query(
+            "UPDATE objects SET dead_ms = $1 WHERE dead_ms IS NULL AND NOT EXISTS ( \
+               SELECT 1 FROM extents e JOIN partitions p \
+                 ON p.topic_id = e.topic_id AND p.partition_id = e.partition_id \
+               WHERE e.object_key = objects.object_key AND e.last_offset >= p.log_start_offset)",
+        )
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn dead_objects(
+        &self,
+        dead_before_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT object_key FROM objects WHERE dead_ms IS NOT NULL AND dead_ms <= $1 \
+             ORDER BY dead_ms LIMIT $2",
+        )
+        .bind(dead_before_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("object_key")?))
+            .collect()
+    }
+
+    async fn forget_object(&self, key: &str) -> Result<(), CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM extents WHERE object_key = $1")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM objects WHERE object_key = $1")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn advance_log_start(
