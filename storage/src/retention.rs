@@ -60,7 +60,9 @@ impl Engine {
                 break;
             }
             for e in &page {
-                let expired = cutoff.is_some_and(|c| e.meta.max_timestamp < c);
+                // A batch without timestamps (-1) has no age to judge; it is kept.
+                let expired =
+                    cutoff.is_some_and(|c| e.meta.max_timestamp >= 0 && e.meta.max_timestamp < c);
                 let too_big = excess > 0 && left > 1;
                 if !(expired || too_big) {
                     break 'pages;
