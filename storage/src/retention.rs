@@ -46,8 +46,8 @@ impl Engine {
         let catalog = self.catalog();
         let (mut excess, mut left) = match retention.bytes {
             Some(limit) => {
-                let (bytes, extents) = catalog.stored_bytes(tp, log_start).await?;
-                (bytes - limit, extents)
+                let stored = catalog.stored(tp, log_start).await?;
+                (stored.bytes - limit, stored.extents)
             }
             None => (0, 0),
         };

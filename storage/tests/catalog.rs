@@ -179,6 +179,10 @@ async fn dead_objects_are_found_and_forgotten(c: &dyn Catalog) {
     c.commit_flush(&commit(&new, &[(extent(p0, 10, 19), epoch)]))
         .await
         .unwrap();
+    let stored = c.stored(p0, Offset(0)).await.unwrap();
+    assert_eq!((stored.bytes, stored.extents, stored.objects), (200, 2, 2));
+    let stored = c.stored(p0, Offset(10)).await.unwrap();
+    assert_eq!((stored.bytes, stored.extents, stored.objects), (100, 1, 1));
     let far_future = i64::MAX / 2;
     c.mark_dead_objects(1_000).await.unwrap();
     let dead = c.dead_objects(far_future, 100).await.unwrap();

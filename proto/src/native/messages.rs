@@ -136,6 +136,15 @@ pub struct PartitionState {
     pub log_start: i64,
     /// Offset the next record will get.
     pub high_watermark: i64,
+    /// Bytes kept in the object store from the log start on (compressed, as stored).
+    #[serde(default)]
+    pub stored_bytes: i64,
+    /// Extents (runs of the partition's batches, one per flush) holding them.
+    #[serde(default)]
+    pub extents: i64,
+    /// Distinct objects holding those extents.
+    #[serde(default)]
+    pub objects: i64,
 }
 
 /// A topic config with its effective value.

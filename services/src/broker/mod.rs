@@ -470,6 +470,17 @@ impl Broker {
         self.engine.watch_high_watermark(tp)
     }
 
+    /// What a partition keeps in the object store, from its log start on.
+    pub async fn stored(
+        &self,
+        topic: &Topic,
+        partition: i32,
+    ) -> Result<strata_storage::catalog::Stored, BrokerError> {
+        let tp = topic.partition(partition)?;
+        let (start, _) = self.engine.offsets(tp).await?;
+        Ok(self.catalog.stored(tp, start).await?)
+    }
+
     /// `(log start, high watermark)` of a partition.
     pub async fn offsets(
         &self,

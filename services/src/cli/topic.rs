@@ -130,7 +130,16 @@ fn describe(d: &TopicDescription) {
         d.partitions.len()
     );
     println!();
-    let mut t = table(["PARTITION", "LEADER", "LOG START", "END OFFSET", "RECORDS"]);
+    let mut t = table([
+        "PARTITION",
+        "LEADER",
+        "LOG START",
+        "END OFFSET",
+        "RECORDS",
+        "STORED BYTES",
+        "EXTENTS",
+        "OBJECTS",
+    ]);
     for p in &d.partitions {
         t.add_row([
             p.partition.to_string(),
@@ -138,6 +147,9 @@ fn describe(d: &TopicDescription) {
             p.log_start.to_string(),
             p.high_watermark.to_string(),
             (p.high_watermark - p.log_start).to_string(),
+            p.stored_bytes.to_string(),
+            p.extents.to_string(),
+            p.objects.to_string(),
         ]);
     }
     print(&t);

@@ -87,11 +87,15 @@ async fn describe(ctx: &Ctx, name: &str) -> Result<TopicDescription, BrokerError
     let mut partitions = Vec::with_capacity(topic.meta.partitions as usize);
     for p in 0..topic.meta.partitions {
         let (start, end) = ctx.broker.offsets(&topic, p).await?;
+        let stored = ctx.broker.stored(&topic, p).await?;
         partitions.push(PartitionState {
             partition: p,
             leader: ctx.broker.config().node_id,
             log_start: start.0,
             high_watermark: end.0,
+            stored_bytes: stored.bytes,
+            extents: stored.extents,
+            objects: stored.objects,
         });
     }
     let configs = ctx

@@ -142,6 +142,17 @@ pub struct CommittedOffset {
     pub metadata: Option<String>,
 }
 
+/// What one partition keeps in the object store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stored {
+    /// Bytes of its extents (as stored: compressed).
+    pub bytes: i64,
+    /// Extents: runs of its batches, one per flush that held it.
+    pub extents: i64,
+    /// Distinct objects holding them.
+    pub objects: i64,
+}
+
 /// A registered broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerInfo {
@@ -209,12 +220,9 @@ pub trait Catalog: Send + Sync {
         from: Offset,
     ) -> Result<Option<i64>, CatalogError>;
 
-    /// Bytes and extents stored for `tp` from `from` on: what retention by size measures.
-    async fn stored_bytes(
-        &self,
-        tp: TopicPartition,
-        from: Offset,
-    ) -> Result<(i64, i64), CatalogError>;
+    /// What `tp` keeps from `from` on: what retention by size measures and `topic describe`
+    /// shows.
+    async fn stored(&self, tp: TopicPartition, from: Offset) -> Result<Stored, CatalogError>;
 
     /// Marks, at `now_ms`, every object none of whose extents holds a record at or after its
     /// partition's log start (retention or DeleteRecords moved past all of it, or its topic

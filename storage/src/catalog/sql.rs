@@ -16,7 +16,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
 
 use super::{
     BrokerInfo, Catalog, CatalogError, CommittedOffset, Extent, FlushCommit, PartitionState,
-    ProducerState, TopicMeta, tp,
+    ProducerState, Stored, TopicMeta, tp,
 };
 use crate::segment::ExtentMeta;
 use crate::types::{Epoch, Offset, PartitionId, TopicId, TopicPartition};
@@ -490,13 +490,10 @@ impl Catalog for SqlCatalog {
         Ok(row.try_get::<Option<i64>, _>("ts")?)
     }
 
-    async fn stored_bytes(
-        &self,
-        tp: TopicPartition,
-        from: Offset,
-    ) -> Result<(i64, i64), CatalogError> {
+    async fn stored(&self, tp: TopicPartition, from: Offset) -> Result<Stored, CatalogError> {
         let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(byte_len), 0) AS BIGINT) AS bytes, COUNT(*) AS extents FROM extents \
+            "SELECT CAST(COALESCE(SUM(byte_len), 0) AS BIGINT) AS bytes, COUNT(*) AS extents, \
+                    COUNT(DISTINCT object_key) AS objects FROM extents \
              WHERE topic_id = $1 AND partition_id = $2 AND last_offset >= $3",
         )
         .bind(tp.topic.to_string())
@@ -504,7 +501,11 @@ impl Catalog for SqlCatalog {
         .bind(from.0)
         .fetch_one(&self.pool)
         .await?;
-        Ok((row.try_get("bytes")?, row.try_get("extents")?))
+        Ok(Stored {
+            bytes: row.try_get("bytes")?,
+            extents: row.try_get("extents")?,
+            objects: row.try_get("objects")?,
+        })
     }
 
     async fn mark_dead_objects(&self, now_ms: i64) -> Result<u64, CatalogError> {
