@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod consumer_protocol;
+pub mod front_metrics;
 pub mod http;
 pub mod kafka;
 pub mod quic;

@@ -59,6 +59,22 @@ fn check_resource(resource_type: i8) -> Result<(), Refusal> {
     }
 }
 
+/// A resource's error code and message for the answer, with a log line for a refusal.
+fn outcome(
+    req: &Req,
+    api: &str,
+    name: &str,
+    result: Result<(), Refusal>,
+) -> (i16, Option<StrBytes>) {
+    match result {
+        Ok(()) => (0, None),
+        Err(Refusal(code, message)) => {
+            tracing::warn!(peer = %req.peer, api, resource = name, error = message, "config change refused");
+            (code, Some(StrBytes::from_string(message)))
+        }
+    }
+}
+
 /// Applies `changes` to topic `name` (or only checks them).
 async fn apply(
     broker: &Broker,
@@ -103,17 +119,14 @@ pub async fn alter_configs(
             apply(broker, &name, changes, request.validate_only).await
         }
         .await;
-        let resp = alter_configs_response::AlterConfigsResourceResponse::default()
-            .with_resource_type(r.resource_type)
-            .with_resource_name(r.resource_name);
-        responses.push(match result {
-            Ok(()) => resp,
-            Err(Refusal(code, message)) => {
-                tracing::warn!(peer = %req.peer, resource = name, error = message, "AlterConfigs refused");
-                resp.with_error_code(code)
-                    .with_error_message(Some(StrBytes::from_string(message)))
-            }
-        });
+        let (code, message) = outcome(&req, "AlterConfigs", &name, result);
+        responses.push(
+            alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name)
+                .with_error_code(code)
+                .with_error_message(message),
+        );
     }
     req.encode(&AlterConfigsResponse::default().with_responses(responses))
 }
@@ -196,17 +209,14 @@ pub async fn incremental_alter_configs(
             apply(broker, &name, changes, request.validate_only).await
         }
         .await;
-        let resp = incremental_alter_configs_response::AlterConfigsResourceResponse::default()
-            .with_resource_type(r.resource_type)
-            .with_resource_name(r.resource_name);
-        responses.push(match result {
-            Ok(()) => resp,
-            Err(Refusal(code, message)) => {
-                tracing::warn!(peer = %req.peer, resource = name, error = message, "IncrementalAlterConfigs refused");
-                resp.with_error_code(code)
-                    .with_error_message(Some(StrBytes::from_string(message)))
-            }
-        });
+        let (code, message) = outcome(&req, "IncrementalAlterConfigs", &name, result);
+        responses.push(
+            incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name)
+                .with_error_code(code)
+                .with_error_message(message),
+        );
     }
     req.encode(&IncrementalAlterConfigsResponse::default().with_responses(responses))
 }

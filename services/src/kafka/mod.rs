@@ -29,10 +29,10 @@ use std::net::SocketAddr;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+use crate::front_metrics::FrontEndMetrics;
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -87,48 +87,16 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 /// connection, each waiting one flush plus one PUT). At 64, W4 queued seconds in the client.
 const MAX_IN_FLIGHT: usize = 1024;
 
-struct KafkaMetrics {
-    requests: IntCounterVec,
-    seconds: HistogramVec,
-    connections: IntCounterVec,
-}
-
-static METRICS: LazyLock<KafkaMetrics> = LazyLock::new(|| {
-    let registry = &strata_storage::metrics::metrics().registry;
-    let requests = IntCounterVec::new(
-        Opts::new("strata_kafka_requests_total", "Kafka requests by API."),
-        &["api"],
-    )
-    .expect("metric name is valid");
-    let seconds = HistogramVec::new(
-        HistogramOpts::new(
-            "strata_kafka_request_seconds",
+static METRICS: LazyLock<FrontEndMetrics> = LazyLock::new(|| {
+    FrontEndMetrics::register(
+        "kafka",
+        ("Kafka requests by API.", &["api"]),
+        (
             "Kafka request latency, from arrival to response ready, by API.",
-        )
-        .buckets(strata_storage::metrics::latency_buckets()),
-        &["api"],
-    )
-    .expect("metric name is valid");
-    let connections = IntCounterVec::new(
-        Opts::new(
-            "strata_kafka_connections_total",
-            "Kafka connections by how they ended.",
+            &["api"],
         ),
-        &["outcome"],
+        "Kafka connections by how they ended.",
     )
-    .expect("metric name is valid");
-    for m in [
-        Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-        Box::new(seconds.clone()),
-        Box::new(connections.clone()),
-    ] {
-        registry.register(m).expect("metric is registered once");
-    }
-    KafkaMetrics {
-        requests,
-        seconds,
-        connections,
-    }
 });
 
 /// The answer to one request, as the writer receives it.

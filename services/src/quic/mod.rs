@@ -21,8 +21,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use crate::front_metrics::FrontEndMetrics;
 use bytes::Bytes;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, TransportConfig, VarInt};
 use serde::Serialize;
 use strata_proto::frame::FrameError;
@@ -52,51 +52,19 @@ const JUMBO_MTU: u16 = 8952;
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-struct QuicMetrics {
-    requests: IntCounterVec,
-    seconds: HistogramVec,
-    connections: IntCounterVec,
-}
-
-static METRICS: LazyLock<QuicMetrics> = LazyLock::new(|| {
-    let registry = &strata_storage::metrics::metrics().registry;
-    let requests = IntCounterVec::new(
-        Opts::new(
-            "strata_quic_requests_total",
+static METRICS: LazyLock<FrontEndMetrics> = LazyLock::new(|| {
+    FrontEndMetrics::register(
+        "quic",
+        (
             "Native requests by message and outcome.",
+            &["message", "outcome"],
         ),
-        &["message", "outcome"],
-    )
-    .expect("metric name is valid");
-    let seconds = HistogramVec::new(
-        HistogramOpts::new(
-            "strata_quic_request_seconds",
+        (
             "Native request latency, from a whole request frame to the answer written.",
-        )
-        .buckets(strata_storage::metrics::latency_buckets()),
-        &["message"],
-    )
-    .expect("metric name is valid");
-    let connections = IntCounterVec::new(
-        Opts::new(
-            "strata_quic_connections_total",
-            "QUIC connections by how they started or ended.",
+            &["message"],
         ),
-        &["outcome"],
+        "QUIC connections by how they started or ended.",
     )
-    .expect("metric name is valid");
-    for m in [
-        Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-        Box::new(seconds.clone()),
-        Box::new(connections.clone()),
-    ] {
-        registry.register(m).expect("metric is registered once");
-    }
-    QuicMetrics {
-        requests,
-        seconds,
-        connections,
-    }
 });
 
 /// Transport settings shared by the broker and the Rust client: room for many concurrent
