@@ -57,7 +57,12 @@ impl ClientError {
     /// Whether trying again (on the same or a new connection) may succeed.
     pub fn retriable(&self) -> bool {
         match self {
-            ClientError::Broker(e) => e.code.retriable(),
+            // Out of sequence is what a batch gets when an earlier one of the same partition
+            // failed and awaits its retry: the producer resends them all in order (Kafka's
+            // producer does the same for any batch but the first in flight).
+            ClientError::Broker(e) => {
+                e.code.retriable() || e.code == strata_proto::native::ErrorCode::OutOfOrderSequence
+            }
             ClientError::Connection(_)
             | ClientError::Stream(_)
             | ClientError::Unreachable { .. } => true,

@@ -379,8 +379,7 @@ impl PartitionTask {
                     match result {
                         Err(e) if e.retriable() && Instant::now() < request.deadline => {
                             tracing::debug!(topic = self.topic, partition = self.partition, error = %e, "retrying produce");
-                            let retry = self.start(request).await;
-                            in_flight.push_front(retry);
+                            completed += self.recover(request, &mut in_flight).await;
                         }
                         result => {
                             completed += request.deliveries.len() as u64;
@@ -392,6 +391,30 @@ impl PartitionTask {
                 _ = sleep_until(linger_at), if linger_at.is_some() && may_send => {}
             }
         }
+    }
+
+    /// After `failed` (the oldest request in flight) failed retriably: waits for every later
+    /// request in flight, then sends `failed` and the later ones that failed again, in
+    /// sequence order, before anything new. A new batch sent while older ones still await
+    /// their retry would reach the broker out of sequence. Returns the records completed.
+    async fn recover(&self, failed: Request, in_flight: &mut FuturesOrdered<Durable>) -> u64 {
+        let mut completed = 0;
+        let mut retry = vec![failed];
+        while let Some((request, result)) = in_flight.next().await {
+            match result {
+                Err(e) if e.retriable() && Instant::now() < request.deadline => retry.push(request),
+                result => {
+                    completed += request.deliveries.len() as u64;
+                    self.complete(request, result);
+                }
+            }
+        }
+        // A pause, so a partition that keeps failing (a broker restarting) is not hammered.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for request in retry {
+            in_flight.push_back(self.start(request).await);
+        }
+        completed
     }
 
     /// Takes up to a batch of records off the queue and encodes them.
@@ -449,7 +472,14 @@ impl PartitionTask {
                 Ok(Sequenced::Done(offset)) => {
                     return Box::pin(async move { (request, Ok(offset)) });
                 }
-                Err(e) if e.retriable() && Instant::now() + backoff < request.deadline => {
+                // Out of sequence goes back to the caller at once: only after the earlier
+                // requests are resent (see `recover`) can this one succeed.
+                Err(e)
+                    if e.retriable()
+                        && e.code()
+                            != Some(strata_proto::native::ErrorCode::OutOfOrderSequence)
+                        && Instant::now() + backoff < request.deadline =>
+                {
                     tracing::debug!(topic = self.topic, partition = self.partition, error = %e, "produce not sequenced; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
