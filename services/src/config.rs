@@ -108,9 +108,16 @@ pub struct ServeArgs {
     #[arg(long, env = "STRATA_CACHE_DISK", default_value = "1GiB", value_parser = parse_size)]
     pub cache_disk: usize,
 
-    /// The broker's zone (rack), reported to clients.
+    /// The broker's zone (rack), reported to clients. Kafka consumers that set `client.rack`
+    /// fetch from a broker in their own zone (KIP-392).
     #[arg(long, env = "STRATA_ZONE")]
     pub zone: Option<String>,
+
+    /// How long a heartbeat keeps this broker alive in the cluster: brokers whose last
+    /// heartbeat is older than this are dead and their partitions are taken over. Heartbeats
+    /// go every quarter lease (at most every second).
+    #[arg(long, env = "STRATA_LEASE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(200..))]
+    pub lease_ms: u64,
 
     /// Create topics on first use (Kafka's `auto.create.topics.enable`).
     #[arg(long, env = "STRATA_AUTO_CREATE_TOPICS", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]

@@ -1,6 +1,7 @@
 //! The Strata broker: one core, with thin front ends over it.
 //!
 //! - [`broker`]: the core — topics, produce, fetch, offsets — over the storage engine;
+//! - [`cluster`]: membership, leases and partition ownership among brokers on one catalog;
 //! - [`kafka`]: the Kafka wire protocol front end;
 //! - [`quic`]: the native protocol front end over QUIC, with [`tls`] for its certificates;
 //! - [`consumer_protocol`]: Kafka's consumer-group encodings, shared by both front ends and
@@ -13,6 +14,7 @@
 pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod consumer_protocol;
 pub mod front_metrics;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use strata_storage::cache::ReadCache;
-use strata_storage::catalog::{BrokerInfo, Catalog, SqlCatalog};
+use strata_storage::catalog::{Catalog, SqlCatalog};
 use strata_storage::objects::ObjectStorage;
 use strata_storage::{Engine, EngineConfig};
 use tokio::net::TcpListener;
@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::broker::groups::GroupConfig;
 use crate::broker::{Broker, BrokerConfig, TopicDefaults};
+use crate::cluster::{Member, Membership, reconcile};
 use crate::config::ServeArgs;
 
 /// The broker id: the flag, else the one kept in `<data-dir>/broker-id`, else a new one,
@@ -121,7 +122,6 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         &reset_secret,
     )?;
 
-    let topics = catalog.list_topics().await?;
     let engine = Engine::open(
         EngineConfig {
             broker_id: node_id.to_string(),
@@ -132,17 +132,21 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         catalog.clone(),
         objects,
         cache.clone(),
-        &Broker::all_partitions(&topics),
+        &[],
     )
     .await?;
-    catalog
-        .register_broker(&BrokerInfo {
-            id: node_id.to_string(),
-            kafka_addr: format!("{}:{}", advertised_kafka.0, advertised_kafka.1),
+    let membership = Arc::new(Membership::new(
+        Member {
+            node_id,
+            kafka: advertised_kafka.clone(),
+            quic: advertised_quic.clone(),
+            http: args.http_addr.to_string(),
             zone: args.zone.clone(),
             heartbeat_ms: 0,
-        })
-        .await?;
+            leaving: false,
+        },
+        Duration::from_millis(args.lease_ms),
+    ));
     let broker = Broker::open(
         engine.clone(),
         BrokerConfig {
@@ -163,8 +167,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 ..GroupConfig::default()
             },
         },
+        membership,
     )
     .await?;
+    // Join before listening: register, and claim this broker's share of the partitions.
+    reconcile::tick(&broker, &Arc::new(tokio::sync::Mutex::new(())))
+        .await
+        .context("cannot join the cluster through the catalog")?;
 
     let (stop, stopped) = watch::channel(false);
     let kafka_task = tokio::spawn(crate::kafka::serve(
@@ -181,10 +190,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     ));
     let quic_task = tokio::spawn(crate::quic::serve(
         quic,
-        broker,
+        broker.clone(),
         args.max_request_bytes,
         stopped.clone(),
     ));
+    let cluster_task = tokio::spawn(reconcile::run(broker.clone(), stopped.clone()));
     let http_task = tokio::spawn(crate::http::serve(http, stopped));
     tracing::info!(
         node_id,
@@ -198,7 +208,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     );
 
     wait_for_signal().await?;
-    tracing::info!("shutting down: flushing everything accepted to the object store");
+    tracing::info!("shutting down: handing partitions over and flushing everything accepted");
+    // Stop heartbeat ticks first so they cannot race the hand-over, then leave while the
+    // listeners still answer: clients get NOT_LEADER_OR_FOLLOWER and the new owners.
+    cluster_task.abort();
+    reconcile::leave(&broker).await;
     stop.send_replace(true);
     let _ = kafka_task.await;
     let _ = quic_task.await;

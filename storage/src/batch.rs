@@ -429,6 +429,18 @@ pub fn set_base_offset(buf: &mut [u8], base_offset: i64, leader_epoch: i32) {
     buf[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
 }
 
+/// Whether the first batch of `records` is `batch` itself, as stored: same length and same
+/// bytes from the magic byte on (the CRC among them). `baseOffset` and
+/// `partitionLeaderEpoch`, which serving rewrites, are not compared.
+pub fn same_batch(records: &[u8], batch: &[u8]) -> bool {
+    match stored_batches(records).next() {
+        Some((start, size, _)) => {
+            size == batch.len() && size > 16 && records[start + 16..start + size] == batch[16..]
+        }
+        None => false,
+    }
+}
+
 /// Iterates over the whole batches stored back to back in `bytes`, yielding `(start, size,
 /// offset_count)` for each. Stops at the first incomplete batch.
 pub fn stored_batches(bytes: &[u8]) -> impl Iterator<Item = (usize, usize, i64)> + '_ {

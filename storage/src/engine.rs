@@ -17,14 +17,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::batch::Batch;
 use crate::cache::ReadCache;
-use crate::catalog::{Catalog, CatalogError, Extent};
+use crate::catalog::{Catalog, CatalogError, Extent, PartitionState};
 use crate::metrics::metrics;
 use crate::objects::ObjectStorage;
 use crate::producers::{ProducerEntry, SequenceError, Verdict, producer_of};
@@ -93,6 +93,20 @@ pub enum EngineError {
     IdempotentBatchCount,
 }
 
+/// Why a flush could not make an `acks=all` append durable.
+#[derive(Debug, Clone)]
+pub(crate) enum FlushFailure {
+    /// Another broker claimed the partition first: the append was not committed, and a retry
+    /// must go to the new owner.
+    Fenced(TopicPartition),
+    /// The commit failed for good for another reason.
+    Failed(String),
+}
+
+/// An `acks=all` append waiting for the flush that holds it, with its partition (a flush can
+/// commit some partitions and be fenced on others).
+pub(crate) type FlushWaiter = (TopicPartition, oneshot::Sender<Result<(), FlushFailure>>);
+
 /// Tuning of the engine, from the broker's flags.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -122,6 +136,22 @@ pub(crate) struct PartitionLog {
     pub hwm: watch::Sender<Offset>,
     /// Recently committed extents, in offset order.
     pub tail: VecDeque<Extent>,
+    /// The partition is being handed over: appends are refused while what was accepted
+    /// flushes.
+    pub closing: bool,
+}
+
+impl PartitionLog {
+    fn new(s: &PartitionState) -> PartitionLog {
+        PartitionLog {
+            epoch: s.epoch,
+            next_offset: s.high_watermark,
+            log_start: s.log_start_offset,
+            hwm: watch::channel(s.high_watermark).0,
+            tail: VecDeque::new(),
+            closing: false,
+        }
+    }
 }
 
 /// One buffered append waiting for the next flush.
@@ -129,6 +159,9 @@ pub(crate) struct Pending {
     pub tp: TopicPartition,
     pub base_offset: Offset,
     pub batch: Batch,
+    /// Acknowledged before the flush (`acks=1`, from the WAL): must not be lost if the
+    /// partition is, so it is kept aside for when this broker owns the partition again.
+    pub acked_early: bool,
 }
 
 /// Everything an append touches, behind one lock.
@@ -138,9 +171,15 @@ pub(crate) struct IngestState {
     pub pending: Vec<Pending>,
     pub pending_bytes: usize,
     /// `acks=all` appends waiting for the flush that will hold the current `pending`.
-    pub waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    pub waiters: Vec<FlushWaiter>,
     /// Idempotent producers' state including every accepted batch.
     pub producers: ProducerMap,
+    /// Appends are refused after this instant unless the lease is renewed (see
+    /// [`Engine::renew_lease`]); `None` when no lease applies.
+    pub lease_until: Option<Instant>,
+    /// WAL entries recovered at start-up for partitions not yet claimed, by partition: they
+    /// are replayed (or re-appended) when this broker claims the partition.
+    pub recovered: HashMap<TopicPartition, Vec<WalEntry>>,
 }
 
 /// Idempotent producer state by partition and producer id.
@@ -182,7 +221,7 @@ pub struct Appended {
 enum AppendWait {
     None,
     Wal(crate::wal::Durable),
-    Flush(oneshot::Receiver<Result<(), String>>),
+    Flush(oneshot::Receiver<Result<(), FlushFailure>>),
     /// A duplicate at `acks=all`: wait until the original's last offset is committed.
     Committed(watch::Receiver<Offset>, Offset),
 }
@@ -195,7 +234,8 @@ impl Appended {
             AppendWait::Wal(d) => d.wait().await?,
             AppendWait::Flush(rx) => match rx.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(EngineError::FlushFailed(e)),
+                Ok(Err(FlushFailure::Fenced(tp))) => return Err(EngineError::NotOwner(tp)),
+                Ok(Err(FlushFailure::Failed(e))) => return Err(EngineError::FlushFailed(e)),
                 Err(_) => return Err(EngineError::ShuttingDown),
             },
             AppendWait::Committed(mut hwm, last) => {
@@ -211,7 +251,8 @@ impl Appended {
 impl Engine {
     /// Opens the engine: recovers the WAL, claims `owned` partitions in the catalog, puts the
     /// recovered entries the catalog does not have back into the buffer, and starts the
-    /// flusher. Recovered data is flushed at once.
+    /// flusher. Recovered data is flushed at once. Entries of partitions not claimed here wait
+    /// until this broker claims them (a cluster member claims its share after start-up).
     pub async fn open(
         config: EngineConfig,
         catalog: Arc<dyn Catalog>,
@@ -221,6 +262,10 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let (wal, recovered) = Wal::open(&config.wal_dir)?;
         let (shutdown, _) = watch::channel(false);
+        let mut state = IngestState::default();
+        for entry in recovered {
+            state.recovered.entry(entry.tp).or_default().push(entry);
+        }
         let engine = Engine {
             inner: Arc::new(Inner {
                 config,
@@ -228,7 +273,7 @@ impl Engine {
                 objects,
                 cache,
                 wal,
-                state: Mutex::new(IngestState::default()),
+                state: Mutex::new(state),
                 flush_now: Notify::new(),
                 room: Notify::new(),
                 shutdown,
@@ -237,7 +282,6 @@ impl Engine {
             }),
         };
         engine.claim(owned).await?;
-        engine.replay(recovered);
         let flusher = crate::flush::spawn_flusher(engine.clone());
         *engine
             .inner
@@ -256,7 +300,9 @@ impl Engine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes ownership of partitions (a new epoch for each) and loads their committed state.
+    /// Takes ownership of partitions whatever their epoch (a new epoch for each) and loads
+    /// their committed state. For a broker that is alone on its catalog; cluster members use
+    /// [`Engine::claim_at`].
     pub async fn claim(&self, tps: &[TopicPartition]) -> Result<(), EngineError> {
         if tps.is_empty() {
             return Ok(());
@@ -266,82 +312,98 @@ impl Engine {
             .catalog
             .claim_partitions(&self.inner.config.broker_id, tps)
             .await?;
-        let producers = self.inner.catalog.producer_states(tps).await?;
+        self.install(states).await
+    }
+
+    /// Takes ownership of each partition only if it is still at the given epoch (so two
+    /// brokers racing for it cannot both win), and loads the state of those won. Returns the
+    /// partitions won.
+    pub async fn claim_at(
+        &self,
+        claims: &[(TopicPartition, Epoch)],
+    ) -> Result<Vec<TopicPartition>, EngineError> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let states = self
+            .inner
+            .catalog
+            .claim_partitions_at(&self.inner.config.broker_id, claims)
+            .await?;
+        let won = states.iter().map(|s| s.tp).collect();
+        self.install(states).await?;
+        Ok(won)
+    }
+
+    /// Installs freshly claimed partitions: a new log at the committed high watermark, the
+    /// committed producer state, and any WAL entries recovered for them.
+    async fn install(&self, states: Vec<PartitionState>) -> Result<(), EngineError> {
+        let tps: Vec<TopicPartition> = states.iter().map(|s| s.tp).collect();
+        let producers = self.inner.catalog.producer_states(&tps).await?;
         {
             let mut committed = self
                 .inner
                 .committed_producers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
+            committed.retain(|(tp, _), _| !tps.contains(tp));
             for p in &producers {
                 committed.insert((p.tp, p.producer_id), p.entry.clone());
             }
         }
-        let mut state = self.lock();
-        for p in producers {
-            state.producers.insert((p.tp, p.producer_id), p.entry);
-        }
-        for s in states {
-            let log = state
-                .partitions
-                .entry(s.tp)
-                .or_insert_with(|| PartitionLog {
-                    epoch: s.epoch,
-                    next_offset: s.high_watermark,
-                    log_start: s.log_start_offset,
-                    hwm: watch::channel(s.high_watermark).0,
-                    tail: VecDeque::new(),
-                });
-            log.epoch = s.epoch;
-            log.log_start = s.log_start_offset;
-            if log.next_offset < s.high_watermark {
-                log.next_offset = s.high_watermark;
+        let mut unsure = Vec::new();
+        {
+            let mut state = self.lock();
+            state.producers.retain(|(tp, _), _| !tps.contains(tp));
+            for p in producers {
+                state.producers.insert((p.tp, p.producer_id), p.entry);
             }
-            log.hwm.send_replace(s.high_watermark);
+            for s in &states {
+                state.partitions.insert(s.tp, PartitionLog::new(s));
+                if let Some(mut entries) = state.recovered.remove(&s.tp) {
+                    entries.sort_by_key(|e| e.base_offset);
+                    unsure.extend(self.replay(&mut state, s.tp, entries));
+                }
+            }
+        }
+        if !unsure.is_empty() {
+            let engine = self.clone();
+            tokio::spawn(async move { engine.recover_orphans(unsure).await });
         }
         Ok(())
     }
 
-    /// Forgets partitions (their topic was deleted). Pending data for them is dropped at the
-    /// next flush by the catalog, which skips extents of partitions that no longer exist.
-    pub fn forget(&self, tps: &[TopicPartition]) {
-        let mut state = self.lock();
-        for tp in tps {
-            state.partitions.remove(tp);
-        }
-        state.producers.retain(|(tp, _), _| !tps.contains(tp));
-    }
-
-    fn replay(&self, recovered: Vec<WalEntry>) {
-        let mut state = self.lock();
+    /// Puts a claimed partition's recovered WAL entries that continue its log back into the
+    /// buffer. Returns the others: entries below the high watermark (committed, or replaced
+    /// by another owner's records) and entries past a gap, for [`Engine::recover_orphans`].
+    fn replay(
+        &self,
+        state: &mut IngestState,
+        tp: TopicPartition,
+        entries: Vec<WalEntry>,
+    ) -> Vec<WalEntry> {
+        let mut unsure = Vec::new();
         let mut replayed = 0usize;
-        for entry in recovered {
-            let Some(log) = state.partitions.get_mut(&entry.tp) else {
-                continue; // the topic is gone
+        for entry in entries {
+            let Some(log) = state.partitions.get_mut(&tp) else {
+                break;
             };
+            // After the first entry that does not continue the log, none does: keep order.
+            if !unsure.is_empty() || entry.base_offset != log.next_offset {
+                unsure.push(entry);
+                continue;
+            }
             let batch = match Batch::from_stored(entry.batch) {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::warn!(tp = %entry.tp, error = %e, "skipping unreadable WAL entry");
+                    tracing::warn!(%tp, error = %e, "skipping unreadable WAL entry");
                     continue;
                 }
             };
-            if entry.base_offset < log.next_offset {
-                continue; // already committed
-            }
-            if entry.base_offset > log.next_offset {
-                tracing::warn!(
-                    tp = %entry.tp,
-                    expected = %log.next_offset,
-                    found = %entry.base_offset,
-                    "WAL entry leaves a gap; skipping it"
-                );
-                continue;
-            }
             let next = entry.base_offset.plus(batch.offset_count());
             log.next_offset = next;
             if let Some((pid, epoch, first, last)) = producer_of(&batch) {
-                state.producers.entry((entry.tp, pid)).or_default().record(
+                state.producers.entry((tp, pid)).or_default().record(
                     epoch,
                     first,
                     last,
@@ -351,20 +413,165 @@ impl Engine {
             }
             state.pending_bytes += batch.len();
             state.pending.push(Pending {
-                tp: entry.tp,
+                tp,
                 base_offset: entry.base_offset,
                 batch,
+                acked_early: true,
             });
             replayed += 1;
         }
         if replayed > 0 {
-            tracing::info!(
-                entries = replayed,
-                "replaying WAL entries not yet in the catalog"
-            );
+            tracing::info!(%tp, entries = replayed, "replaying WAL entries not yet in the catalog");
             metrics().unflushed_bytes.set(state.pending_bytes as i64);
             self.inner.flush_now.notify_one();
         }
+        unsure
+    }
+
+    /// Resolves recovered WAL entries that do not continue their partition's log. An entry
+    /// whose offset holds the very same batch (same CRC) in the object store was committed;
+    /// any other was acknowledged at `acks=1` by this broker before it lost the partition
+    /// (crash, or fenced while frozen) and another owner wrote past it: it is appended again,
+    /// at the end of the log, so no acknowledged record is lost (its offset changes).
+    pub(crate) async fn recover_orphans(&self, entries: Vec<WalEntry>) {
+        let mut reappended = 0usize;
+        for entry in entries {
+            let tp = entry.tp;
+            if self.was_committed(&entry).await {
+                continue;
+            }
+            let batch = match Batch::from_stored(entry.batch) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(%tp, error = %e, "skipping unreadable WAL entry");
+                    continue;
+                }
+            };
+            // An idempotent producer's batch goes through the sequence checks: if the
+            // producer retried it at the new owner, it is a duplicate and is not stored twice.
+            match self.append(tp, vec![batch], Acks::Wal) {
+                Ok(a) => {
+                    reappended += 1;
+                    if let Err(e) = a.durable().await {
+                        tracing::error!(%tp, error = %e, "re-appending a recovered WAL entry failed");
+                    }
+                }
+                Err(EngineError::Sequence(e)) => {
+                    tracing::debug!(%tp, error = %e, "recovered batch already stored by its producer's retry");
+                }
+                Err(e) => {
+                    tracing::error!(%tp, error = %e, "cannot re-append a recovered WAL entry; it is lost")
+                }
+            }
+        }
+        if reappended > 0 {
+            tracing::warn!(
+                entries = reappended,
+                "re-appended acks=1 WAL entries that another owner had written past"
+            );
+        }
+    }
+
+    /// Whether the batch at `entry`'s offset in the committed log is the entry's own batch.
+    async fn was_committed(&self, entry: &WalEntry) -> bool {
+        let (_, hwm) = match self.offsets(entry.tp).await {
+            Ok(o) => o,
+            Err(_) => return false,
+        };
+        if entry.base_offset >= hwm {
+            return false;
+        }
+        match self.read(entry.tp, entry.base_offset, 1).await {
+            Ok(read) => crate::batch::same_batch(&read.records, &entry.batch),
+            // Deleted by retention or DeleteRecords: it was committed.
+            Err(EngineError::OffsetOutOfRange { .. }) => true,
+            Err(e) => {
+                tracing::warn!(tp = %entry.tp, error = %e, "cannot check a recovered WAL entry; appending it again");
+                false
+            }
+        }
+    }
+
+    /// Forgets partitions (their topic was deleted, or another broker took them). Pending
+    /// data for them is dropped at the next flush, and their `acks=all` appends fail.
+    pub fn forget(&self, tps: &[TopicPartition]) {
+        let mut state = self.lock();
+        for tp in tps {
+            state.partitions.remove(tp);
+            state.recovered.remove(tp);
+        }
+        state.producers.retain(|(tp, _), _| !tps.contains(tp));
+    }
+
+    /// Lets this engine take appends until `until`. A cluster member renews it after each
+    /// heartbeat the catalog accepted, to a point before other brokers could think it dead:
+    /// a broker that was frozen or cut off stops acknowledging writes before anyone else
+    /// takes its partitions.
+    pub fn renew_lease(&self, until: Instant) {
+        self.lock().lease_until = Some(until);
+    }
+
+    /// The partitions this engine owns, with their epochs.
+    pub fn held(&self) -> Vec<(TopicPartition, Epoch)> {
+        self.lock()
+            .partitions
+            .iter()
+            .map(|(tp, l)| (*tp, l.epoch))
+            .collect()
+    }
+
+    /// Whether this engine owns `tp`.
+    pub fn owns(&self, tp: TopicPartition) -> bool {
+        self.lock().partitions.contains_key(&tp)
+    }
+
+    /// Hands partitions over: refuses new appends to them, waits (until `deadline`) for what
+    /// was accepted to commit, releases them in the catalog and forgets them. Partitions whose
+    /// data did not commit in time are kept (and reopened) for a later attempt. Returns the
+    /// partitions released.
+    pub async fn release(
+        &self,
+        tps: &[TopicPartition],
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<TopicPartition>, EngineError> {
+        let mut closing = Vec::new();
+        {
+            let mut state = self.lock();
+            for tp in tps {
+                if let Some(log) = state.partitions.get_mut(tp) {
+                    log.closing = true;
+                    closing.push((*tp, log.epoch, log.next_offset, log.hwm.subscribe()));
+                }
+            }
+        }
+        self.inner.flush_now.notify_one();
+        let mut done = Vec::new();
+        let mut reopen = Vec::new();
+        for (tp, epoch, next, mut hwm) in closing {
+            match tokio::time::timeout_at(deadline, hwm.wait_for(|h| *h >= next)).await {
+                Ok(_) => done.push((tp, epoch)),
+                Err(_) => reopen.push(tp),
+            }
+        }
+        if !reopen.is_empty() {
+            tracing::warn!(
+                partitions = reopen.len(),
+                "hand-over timed out waiting for a flush; keeping them"
+            );
+            let mut state = self.lock();
+            for tp in &reopen {
+                if let Some(log) = state.partitions.get_mut(tp) {
+                    log.closing = false;
+                }
+            }
+        }
+        self.inner
+            .catalog
+            .release_partitions(&self.inner.config.broker_id, &done)
+            .await?;
+        let released: Vec<TopicPartition> = done.into_iter().map(|(tp, _)| tp).collect();
+        self.forget(&released);
+        Ok(released)
     }
 
     /// Appends checked batches to a partition this broker owns. Offsets are assigned and the
@@ -376,6 +583,10 @@ impl Engine {
         acks: Acks,
     ) -> Result<Appended, EngineError> {
         let mut state = self.lock();
+        // Past the lease, another broker may own the partition already.
+        if state.lease_until.is_some_and(|t| Instant::now() > t) {
+            return Err(EngineError::NotOwner(tp));
+        }
         let idempotent = batches.iter().filter_map(producer_of).next();
         if let Some((pid, epoch, first, last)) = idempotent {
             if batches.len() != 1 {
@@ -396,6 +607,7 @@ impl Engine {
         let log = state
             .partitions
             .get_mut(&tp)
+            .filter(|l| !l.closing)
             .ok_or(EngineError::NotOwner(tp))?;
         let base_offset = log.next_offset;
         let mut next = base_offset;
@@ -408,13 +620,17 @@ impl Engine {
             });
             next = next.plus(batch.offset_count());
         }
+        // Only `acks=1` needs the WAL: `acks=all` is answered from the object store commit
+        // (a crash before it loses nothing acknowledged), and `acks=0` promises nothing. So
+        // the WAL holds exactly the records acknowledged before their flush.
         let mut durable = None;
-        let last = entries.len().saturating_sub(1);
-        for (i, entry) in entries.iter().enumerate() {
-            // The group commit is FIFO, so waiting for the last entry covers all of them.
-            let wait = acks == Acks::Wal && i == last;
-            if let Some(d) = self.inner.wal.append(entry, wait)? {
-                durable = Some(d);
+        if acks == Acks::Wal {
+            let last = entries.len().saturating_sub(1);
+            for (i, entry) in entries.iter().enumerate() {
+                // The group commit is FIFO, so waiting for the last entry covers all of them.
+                if let Some(d) = self.inner.wal.append(entry, i == last)? {
+                    durable = Some(d);
+                }
             }
         }
         log.next_offset = next;
@@ -434,6 +650,7 @@ impl Engine {
                 tp,
                 base_offset: entry.base_offset,
                 batch,
+                acked_early: acks == Acks::Wal,
             });
         }
         state.pending_bytes += added;
@@ -444,7 +661,7 @@ impl Engine {
             (Acks::Wal, None) => AppendWait::None,
             (Acks::All, _) => {
                 let (tx, rx) = oneshot::channel();
-                state.waiters.push(tx);
+                state.waiters.push((tp, tx));
                 AppendWait::Flush(rx)
             }
         };

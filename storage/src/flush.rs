@@ -18,7 +18,7 @@
 //! interval plus one PUT, not their sum times the queue. When nothing is pending, a tick does
 //! nothing: an idle broker makes no object-store calls.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,11 +26,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::catalog::{CatalogError, Extent, FlushCommit, ProducerState};
-use crate::engine::{Engine, Pending};
+use crate::engine::{Engine, FlushFailure, FlushWaiter, Pending};
 use crate::metrics::metrics;
 use crate::producers::{ProducerEntry, producer_of};
 use crate::segment::{self, ExtentMeta, SegmentBuilder};
 use crate::types::{Epoch, TopicPartition};
+use crate::wal::WalEntry;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -81,13 +82,15 @@ pub(crate) fn spawn_flusher(engine: Engine) -> JoinHandle<()> {
 struct Taken {
     pending: Vec<Pending>,
     epochs: HashMap<TopicPartition, Epoch>,
-    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    waiters: Vec<FlushWaiter>,
     roll: Option<oneshot::Receiver<u64>>,
 }
 
 /// A flush whose object is being PUT, waiting for its turn to commit.
 struct Prepared {
-    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    waiters: Vec<FlushWaiter>,
+    /// The `acks=1` batches in this flush, kept in case their partition is fenced.
+    acked_early: Vec<WalEntry>,
     roll: Option<oneshot::Receiver<u64>>,
     started: Instant,
     /// `None` when every partition in the flush was deleted meanwhile.
@@ -110,15 +113,27 @@ fn take(engine: &Engine) -> Option<Taken> {
     if state.pending.is_empty() {
         return None;
     }
-    let pending = std::mem::take(&mut state.pending);
+    let mut pending = std::mem::take(&mut state.pending);
     state.pending_bytes = 0;
     metrics().unflushed_bytes.set(0);
     engine.inner.room.notify_waiters();
-    let waiters = std::mem::take(&mut state.waiters);
-    let epochs = pending
+    let epochs: HashMap<TopicPartition, Epoch> = pending
         .iter()
         .filter_map(|p| state.partitions.get(&p.tp).map(|l| (p.tp, l.epoch)))
         .collect();
+    // Appends to partitions forgotten meanwhile (another broker took them) are not flushed
+    // here; they are kept aside in case this broker gets the partition back.
+    let (kept, lost): (Vec<Pending>, Vec<Pending>) = pending
+        .into_iter()
+        .partition(|p| epochs.contains_key(&p.tp));
+    pending = kept;
+    keep_aside(&mut state, lost);
+    let (waiters, orphaned): (Vec<_>, Vec<_>) = std::mem::take(&mut state.waiters)
+        .into_iter()
+        .partition(|(tp, _)| epochs.contains_key(tp));
+    for (tp, w) in orphaned {
+        let _ = w.send(Err(FlushFailure::Fenced(tp)));
+    }
     // Rolled under the lock: no append can slip between the buffer swap and the roll.
     let roll = match engine.inner.wal.start_roll() {
         Ok(rx) => Some(rx),
@@ -157,6 +172,16 @@ fn prepare(engine: &Engine) -> Option<Prepared> {
         builder.add(p.tp, p.base_offset, &p.batch);
     }
     let producers = producer_updates(engine, &taken.pending, &taken.epochs);
+    let acked_early = taken
+        .pending
+        .iter()
+        .filter(|p| p.acked_early)
+        .map(|p| WalEntry {
+            tp: p.tp,
+            base_offset: p.base_offset,
+            batch: p.batch.bytes().clone(),
+        })
+        .collect();
     let segment = (!builder.is_empty()).then(|| {
         let (object, metas) = builder.finish();
         let key = segment::new_key();
@@ -182,6 +207,7 @@ fn prepare(engine: &Engine) -> Option<Prepared> {
     });
     Some(Prepared {
         waiters: taken.waiters,
+        acked_early,
         roll: taken.roll,
         started,
         segment,
@@ -249,16 +275,20 @@ async fn commit_group(engine: &Engine, mut group: Vec<Prepared>) {
             failed = Some(e);
         }
     }
-    let commits: Vec<FlushCommit> = group
+    let mut commits: Vec<FlushCommit> = group
         .iter()
         .filter_map(|p| p.segment.as_ref().map(|s| s.commit.clone()))
         .collect();
     let committing = Instant::now();
+    let mut fenced = HashSet::new();
     let outcome = match failed {
         Some(e) => Err(e),
         None if commits.is_empty() => Ok(()),
-        None => commit_with_retries(engine, &commits).await,
+        None => commit_with_retries(engine, &mut commits, &mut fenced).await,
     };
+    if !fenced.is_empty() {
+        keep_fenced(engine, &group, &fenced);
+    }
     metrics()
         .flush_commit_seconds
         .observe(committing.elapsed().as_secs_f64());
@@ -266,10 +296,14 @@ async fn commit_group(engine: &Engine, mut group: Vec<Prepared>) {
         match &outcome {
             Ok(()) => {
                 if let Some(segment) = &p.segment {
-                    publish_segment(engine, segment);
+                    publish_segment(engine, segment, &fenced);
                 }
-                for w in p.waiters {
-                    let _ = w.send(Ok(()));
+                for (tp, w) in p.waiters {
+                    let _ = w.send(if fenced.contains(&tp) {
+                        Err(FlushFailure::Fenced(tp))
+                    } else {
+                        Ok(())
+                    });
                 }
                 metrics().flushes.inc();
                 metrics()
@@ -278,8 +312,8 @@ async fn commit_group(engine: &Engine, mut group: Vec<Prepared>) {
             }
             Err(e) => {
                 tracing::error!(error = %e, "flush refused by the catalog; its appends fail");
-                for w in p.waiters {
-                    let _ = w.send(Err(e.to_string()));
+                for (_, w) in p.waiters {
+                    let _ = w.send(Err(FlushFailure::Failed(e.to_string())));
                 }
             }
         }
@@ -296,7 +330,14 @@ async fn commit_group(engine: &Engine, mut group: Vec<Prepared>) {
     }
 }
 
-async fn commit_with_retries(engine: &Engine, commits: &[FlushCommit]) -> Result<(), CatalogError> {
+/// Commits `commits`, retrying database errors with backoff. A partition fenced by a newer
+/// owner is taken out of every commit (its data is not this broker's to commit any more),
+/// forgotten by the engine and added to `fenced`; the rest commits without it.
+async fn commit_with_retries(
+    engine: &Engine,
+    commits: &mut [FlushCommit],
+    fenced: &mut HashSet<TopicPartition>,
+) -> Result<(), CatalogError> {
     let mut attempt = 0;
     loop {
         match engine.inner.catalog.commit_flushes(commits).await {
@@ -306,17 +347,55 @@ async fn commit_with_retries(engine: &Engine, commits: &[FlushCommit]) -> Result
                 tracing::warn!(error = %e, flushes = commits.len(), "catalog commit failed; retrying");
                 backoff(&mut attempt).await;
             }
+            Err(CatalogError::Fenced { tp, epoch }) if fenced.insert(tp) => {
+                tracing::warn!(%tp, %epoch, "partition fenced: another broker owns it now; dropping its unflushed data here");
+                metrics().flush_fenced.inc();
+                engine.forget(&[tp]);
+                for c in commits.iter_mut() {
+                    c.extents.retain(|(e, _)| e.tp != tp);
+                    c.producers.retain(|p| p.tp != tp);
+                }
+            }
             Err(e) => return Err(e),
         }
     }
 }
 
+/// Keeps appends that could not be committed because their partition was lost (another
+/// broker claimed it while this one was frozen or cut off) as if recovered from the WAL: if
+/// this broker claims the partition again, those it acknowledged at `acks=1` and the new owner
+/// does not hold are appended again ([`Engine::recover_orphans`](crate::engine::Engine)).
+fn keep_aside(state: &mut crate::engine::IngestState, lost: Vec<Pending>) {
+    for p in lost.into_iter().filter(|p| p.acked_early) {
+        state.recovered.entry(p.tp).or_default().push(WalEntry {
+            tp: p.tp,
+            base_offset: p.base_offset,
+            batch: p.batch.bytes().clone(),
+        });
+    }
+}
+
+/// [`keep_aside`] for the `acks=1` batches of fenced partitions in flushes whose commit
+/// dropped them. (`acks=all` appends were answered with an error: the producer retries them
+/// at the new owner, so they are not kept.)
+fn keep_fenced(engine: &Engine, group: &[Prepared], fenced: &HashSet<TopicPartition>) {
+    let mut state = engine.lock();
+    for e in group
+        .iter()
+        .flat_map(|p| &p.acked_early)
+        .filter(|e| fenced.contains(&e.tp))
+    {
+        state.recovered.entry(e.tp).or_default().push(e.clone());
+    }
+}
+
 /// Makes a committed segment readable: its extents go into the read cache (so tailing
 /// consumers never touch the object store) and the high watermarks move.
-fn publish_segment(engine: &Engine, segment: &Segment) {
+fn publish_segment(engine: &Engine, segment: &Segment, fenced: &HashSet<TopicPartition>) {
     let extents: Vec<Extent> = segment
         .metas
         .iter()
+        .filter(|meta| !fenced.contains(&meta.tp))
         .map(|meta| Extent {
             meta: *meta,
             object_key: segment.key.clone(),

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub flush_seconds: Histogram,
     /// Flushes that failed and will be retried.
     pub flush_errors: IntCounter,
+    /// Partitions dropped from a flush because a newer owner had claimed them.
+    pub flush_fenced: IntCounter,
     /// Time the committer waits for a flush's PUT to finish (after earlier commits).
     pub flush_put_wait_seconds: Histogram,
     /// Time one catalog commit of a flush takes.
@@ -179,6 +181,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &registry,
             "strata_flush_errors_total",
             "Flushes that failed and were retried.",
+        ),
+        flush_fenced: counter(
+            &registry,
+            "strata_flush_fenced_total",
+            "Partitions dropped from a flush because another broker had claimed them.",
         ),
         cache_hits: counter(&registry, "strata_cache_hits_total", "Read-cache hits."),
         cache_misses: counter(&registry, "strata_cache_misses_total", "Read-cache misses."),

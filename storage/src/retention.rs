@@ -39,7 +39,8 @@ impl Engine {
         retention: Retention,
         now_ms: i64,
     ) -> Result<Option<Offset>, EngineError> {
-        if retention == Retention::default() {
+        // Only the owner moves the log start (the catalog fences it by the owner's epoch).
+        if retention == Retention::default() || !self.owns(tp) {
             return Ok(None);
         }
         let (log_start, _) = self.offsets(tp).await?;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use strata_storage::catalog::{
-    Catalog, CatalogError, CommittedOffset, FlushCommit, ProducerState, SqlCatalog, tp,
+    BrokerInfo, Catalog, CatalogError, CommittedOffset, FlushCommit, ProducerState, SqlCatalog, tp,
 };
 use strata_storage::producers::ProducerEntry;
 use strata_storage::segment::ExtentMeta;
@@ -253,6 +253,81 @@ async fn stale_epoch_is_fenced(a: Arc<dyn Catalog>, b: Arc<dyn Catalog>) {
     assert!(extents[0].object_key.starts_with("b-obj"));
 }
 
+/// Brokers register, heartbeat, leave; partitions are claimed only at the epoch the claimant
+/// saw (one winner of two), and released only by their owner at its epoch.
+async fn membership_and_conditional_claims(a: Arc<dyn Catalog>, b: Arc<dyn Catalog>) {
+    let info = |id: &str, leaving: bool| BrokerInfo {
+        id: id.into(),
+        kafka_addr: format!("{id}.example:9092"),
+        quic_addr: format!("{id}.example:9093"),
+        http_addr: format!("{id}.example:9094"),
+        zone: Some("z1".into()),
+        heartbeat_ms: 0,
+        leaving,
+    };
+    let (x, y) = (unique("broker-x"), unique("broker-y"));
+    a.register_broker(&info(&x, false)).await.unwrap();
+    b.register_broker(&info(&y, true)).await.unwrap();
+    let brokers = a.brokers().await.unwrap();
+    let bx = brokers.iter().find(|r| r.id == x).unwrap();
+    assert_eq!(bx.quic_addr, format!("{x}.example:9093"));
+    assert!(bx.heartbeat_ms > 0 && !bx.leaving);
+    assert!(brokers.iter().find(|r| r.id == y).unwrap().leaving);
+    b.deregister_broker(&y).await.unwrap();
+    assert!(!a.brokers().await.unwrap().iter().any(|r| r.id == y));
+
+    let t = a
+        .create_topic(&unique("claims"), 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    let p0 = tp(t.id, 0);
+    let owner = |c: Arc<dyn Catalog>| async move {
+        c.partition_owners()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|o| o.tp == p0)
+            .unwrap()
+    };
+    let o = owner(a.clone()).await;
+    assert_eq!((o.owner, o.epoch), (None, Epoch(0)));
+    let claim = [(p0, Epoch(0))];
+    let (wa, wb) = tokio::join!(
+        a.claim_partitions_at(&x, &claim),
+        b.claim_partitions_at(&y, &claim)
+    );
+    let (wa, wb) = (wa.unwrap(), wb.unwrap());
+    assert_eq!(wa.len() + wb.len(), 1, "exactly one racing claim wins");
+    let winner = if wa.is_empty() { &y } else { &x };
+    let o = owner(a.clone()).await;
+    assert_eq!((o.owner.as_ref(), o.epoch), (Some(winner), Epoch(1)));
+    // Only the owner, at its epoch, releases; the epoch stays for the next claim to move on.
+    let loser = if winner == &x { &y } else { &x };
+    a.release_partitions(loser, &[(p0, Epoch(1))])
+        .await
+        .unwrap();
+    a.release_partitions(winner, &[(p0, Epoch(0))])
+        .await
+        .unwrap();
+    assert_eq!(owner(a.clone()).await.owner.as_ref(), Some(winner));
+    a.release_partitions(winner, &[(p0, Epoch(1))])
+        .await
+        .unwrap();
+    let o = owner(a.clone()).await;
+    assert_eq!((o.owner, o.epoch), (None, Epoch(1)));
+    assert!(
+        b.claim_partitions_at(loser, &[(p0, Epoch(0))])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let won = b
+        .claim_partitions_at(loser, &[(p0, Epoch(1))])
+        .await
+        .unwrap();
+    assert_eq!(won[0].epoch, Epoch(2));
+}
+
 async fn group_offsets(c: &dyn Catalog) {
     let t = c
         .create_topic(&unique("offsets"), 2, &BTreeMap::new())
@@ -324,6 +399,7 @@ async fn suite(url: &str) {
     dead_objects_are_found_and_forgotten(a.as_ref()).await;
     group_offsets(a.as_ref()).await;
     producer_state_commits_with_the_data(a.as_ref()).await;
+    membership_and_conditional_claims(a.clone(), b.clone()).await;
     stale_epoch_is_fenced(a, b).await;
 }
 

@@ -47,6 +47,9 @@ pub enum ErrorCode {
     OutOfOrderSequence,
     /// An idempotent producer's epoch is older than its current one.
     InvalidProducerEpoch,
+    /// This broker does not coordinate the group: refresh metadata and go to the broker
+    /// `metadata` names as its coordinator.
+    NotCoordinator,
     /// A group request from a member the group does not have.
     UnknownMember,
     /// A group request for a generation other than the current one.
@@ -76,6 +79,7 @@ impl ErrorCode {
         matches!(
             self,
             ErrorCode::NotLeader
+                | ErrorCode::NotCoordinator
                 | ErrorCode::Timeout
                 | ErrorCode::StorageError
                 | ErrorCode::ShuttingDown

@@ -67,6 +67,12 @@ pub struct BrokerInfo {
     pub http: String,
     /// Its zone, if set.
     pub zone: Option<String>,
+    /// Its last heartbeat in the catalog, ms since the Unix epoch (0 when unknown).
+    #[serde(default)]
+    pub heartbeat_ms: i64,
+    /// It is shutting down and handing its partitions over.
+    #[serde(default)]
+    pub leaving: bool,
 }
 
 /// A partition and the broker that leads it.
@@ -76,6 +82,9 @@ pub struct PartitionInfo {
     pub partition: i32,
     /// Id of the broker that owns it.
     pub leader: i32,
+    /// The owner epoch: moves on by one each time a broker claims the partition.
+    #[serde(default)]
+    pub epoch: i64,
 }
 
 /// A topic as `metadata` lists it.

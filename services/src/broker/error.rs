@@ -73,6 +73,14 @@ pub enum BrokerError {
     /// The broker is shutting down.
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// A group request reached a broker that does not coordinate the group.
+    #[error("broker {coordinator} coordinates group '{group}', not this one")]
+    NotCoordinator {
+        /// The group.
+        group: String,
+        /// The node id of the broker that coordinates it.
+        coordinator: i32,
+    },
     /// A group request named a member the group does not have.
     #[error("member '{0}' is not in the group")]
     UnknownMemberId(String),
@@ -172,6 +180,29 @@ impl From<EngineError> for BrokerError {
             }
             e @ EngineError::IdempotentBatchCount => BrokerError::InvalidRecord(e.to_string()),
             e => BrokerError::Storage(e.to_string()),
+        }
+    }
+}
+
+impl BrokerError {
+    /// Whether the client only has to go elsewhere (another owner or coordinator, or this
+    /// broker is stopping): routine while ownership moves, so not worth a warning.
+    pub fn is_routing(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::NotLeader(_)
+                | BrokerError::NotCoordinator { .. }
+                | BrokerError::ShuttingDown
+        )
+    }
+
+    /// Logs a refused produce: at debug level when the client is merely sent elsewhere, as a
+    /// warning otherwise.
+    pub fn log_refused_produce(&self, peer: &std::net::SocketAddr, topic: &str, partition: i32) {
+        if self.is_routing() {
+            tracing::debug!(%peer, topic, partition, error = %self, "produce refused");
+        } else {
+            tracing::warn!(%peer, topic, partition, error = %self, "produce refused");
         }
     }
 }

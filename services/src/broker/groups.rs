@@ -430,17 +430,24 @@ pub struct Coordinator {
     catalog: Arc<dyn Catalog>,
     config: GroupConfig,
     seq: Arc<std::sync::atomic::AtomicU64>,
+    /// Says which groups this broker coordinates; requests for others get NOT_COORDINATOR.
+    membership: Arc<crate::cluster::Membership>,
 }
 
 impl Coordinator {
     /// A coordinator committing offsets to `catalog`. Starts the timer task that ends join
     /// phases and expires silent members.
-    pub fn new(catalog: Arc<dyn Catalog>, config: GroupConfig) -> Coordinator {
+    pub fn new(
+        catalog: Arc<dyn Catalog>,
+        config: GroupConfig,
+        membership: Arc<crate::cluster::Membership>,
+    ) -> Coordinator {
         let c = Coordinator {
             groups: Arc::new(Mutex::new(HashMap::new())),
             catalog,
             config,
             seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            membership,
         };
         let weak = Arc::downgrade(&c.groups);
         let delay = c.config.initial_rebalance_delay;
@@ -461,6 +468,34 @@ impl Coordinator {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Refuses a request for a group another broker coordinates.
+    fn check_coordinator(&self, group: &str) -> Result<(), BrokerError> {
+        let coordinator = self.membership.coordinator(group);
+        if coordinator == self.membership.me().node_id {
+            Ok(())
+        } else {
+            Err(BrokerError::NotCoordinator {
+                group: group.to_string(),
+                coordinator,
+            })
+        }
+    }
+
+    /// Drops the in-memory state of groups this broker no longer coordinates (a broker
+    /// joined and took them). Their members get NOT_COORDINATOR, find the new coordinator and
+    /// rejoin there; committed offsets live in the catalog and move with nothing.
+    pub fn forget_unless(&self, mine: impl Fn(&str) -> bool) {
+        let mut groups = self.lock();
+        let before = groups.len();
+        groups.retain(|name, _| mine(name));
+        if groups.len() < before {
+            tracing::info!(
+                groups = before - groups.len(),
+                "another broker coordinates these groups now"
+            );
+        }
+    }
+
     fn new_member_id(&self, client_id: &str) -> String {
         let prefix = if client_id.is_empty() {
             "member"
@@ -475,6 +510,7 @@ impl Coordinator {
         if req.group.is_empty() {
             return Err(BrokerError::InvalidGroupId);
         }
+        self.check_coordinator(&req.group)?;
         let (min, max) = (
             self.config.min_session_timeout,
             self.config.max_session_timeout,
@@ -630,6 +666,7 @@ impl Coordinator {
 
     /// SyncGroup: the leader hands out assignments; everyone gets theirs.
     pub async fn sync(&self, req: SyncRequest) -> Result<Bytes, BrokerError> {
+        self.check_coordinator(&req.group)?;
         let rx = {
             let mut groups = self.lock();
             let group = groups
@@ -681,6 +718,7 @@ impl Coordinator {
         generation: i32,
         member_id: &str,
     ) -> Result<(), BrokerError> {
+        self.check_coordinator(group)?;
         let mut groups = self.lock();
         let g = groups
             .get_mut(group)
@@ -702,6 +740,12 @@ impl Coordinator {
         group: &str,
         members: &[(String, Option<String>)],
     ) -> Vec<Result<(), BrokerError>> {
+        if self.check_coordinator(group).is_err() {
+            return members
+                .iter()
+                .map(|_| self.check_coordinator(group))
+                .collect();
+        }
         let mut groups = self.lock();
         let Some(g) = groups.get_mut(group) else {
             return members
@@ -746,6 +790,7 @@ impl Coordinator {
         if group.is_empty() {
             return Err(BrokerError::InvalidGroupId);
         }
+        self.check_coordinator(group)?;
         let mut groups = self.lock();
         let Some(g) = groups.get_mut(group) else {
             return if generation < 0 && member_id.is_empty() {
@@ -928,7 +973,17 @@ mod tests {
             initial_rebalance_delay: Duration::from_millis(200),
             ..GroupConfig::default()
         };
-        (Coordinator::new(catalog, config), dir)
+        let me = crate::cluster::Member {
+            node_id: 1,
+            kafka: ("127.0.0.1".into(), 9092),
+            quic: "127.0.0.1:9093".into(),
+            http: "127.0.0.1:9094".into(),
+            zone: None,
+            heartbeat_ms: 0,
+            leaving: false,
+        };
+        let membership = Arc::new(crate::cluster::Membership::new(me, Duration::from_secs(10)));
+        (Coordinator::new(catalog, config, membership), dir)
     }
 
     fn join(member: &str, protocols: &[&str]) -> JoinRequest {

@@ -24,6 +24,8 @@ pub use topics::{ConfigEntry, TopicConfig, TopicDefaults};
 
 use topics::CompressionPolicy;
 
+use crate::cluster::Membership;
+
 /// zstd level for recompressing uncompressed batches. Level 1 compresses about twice as fast
 /// as level 3 for a few percent less reduction on event-like records; on ingest, broker CPU
 /// is the scarcer resource (measured with `strata-loadtest run W1`).
@@ -31,6 +33,9 @@ const ZSTD_LEVEL: i32 = 1;
 
 /// Long polls never wait longer than this, whatever the client asks, so no request hangs.
 pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
+
+/// How often a long poll on a partition another broker owns looks for new commits.
+const NON_OWNER_POLL: Duration = Duration::from_millis(100);
 
 /// Produce timeouts are capped here, so no request waits unboundedly.
 const MAX_PRODUCE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -131,20 +136,27 @@ pub struct Broker {
     config: Arc<BrokerConfig>,
     topics: Arc<RwLock<HashMap<String, Arc<Topic>>>>,
     groups: groups::Coordinator,
+    membership: Arc<Membership>,
 }
 
 impl Broker {
-    /// Builds the core over an open engine, loading every topic from the catalog and claiming
-    /// its partitions (this broker is the only one, for now).
-    pub async fn open(engine: Engine, config: BrokerConfig) -> Result<Broker, BrokerError> {
+    /// Builds the core over an open engine, loading every topic from the catalog. Partitions
+    /// are claimed by the cluster's heartbeat ([`crate::cluster::reconcile`]).
+    pub async fn open(
+        engine: Engine,
+        config: BrokerConfig,
+        membership: Arc<Membership>,
+    ) -> Result<Broker, BrokerError> {
         let catalog = engine.catalog().clone();
-        let groups = groups::Coordinator::new(catalog.clone(), config.groups.clone());
+        let groups =
+            groups::Coordinator::new(catalog.clone(), config.groups.clone(), membership.clone());
         let broker = Broker {
             engine,
             catalog,
             config: Arc::new(config),
             topics: Arc::new(RwLock::new(HashMap::new())),
             groups,
+            membership,
         };
         for meta in broker.catalog.list_topics().await? {
             broker.remember(meta);
@@ -168,6 +180,61 @@ impl Broker {
     /// The storage engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Arc<dyn Catalog> {
+        &self.catalog
+    }
+
+    /// What this broker knows of the cluster: members, owners, placement.
+    pub fn membership(&self) -> &Arc<Membership> {
+        &self.membership
+    }
+
+    /// Whether `tp` belongs to a topic this broker knows.
+    pub fn knows_partition(&self, tp: TopicPartition) -> bool {
+        self.topic_by_id(tp.topic)
+            .is_some_and(|t| tp.partition.0 < t.meta.partitions)
+    }
+
+    /// Brings the topic cache in line with the catalog: topics created, grown, reconfigured or
+    /// deleted through other brokers. Partitions of deleted topics are forgotten.
+    pub async fn sync_topics(&self) -> Result<(), BrokerError> {
+        let metas = self.catalog.list_topics().await?;
+        for gone in self
+            .topics()
+            .into_iter()
+            .filter(|t| !metas.iter().any(|m| m.id == t.meta.id))
+        {
+            self.topics
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&gone.meta.name);
+            self.engine
+                .forget(&Broker::all_partitions(std::slice::from_ref(&gone.meta)));
+        }
+        for meta in metas {
+            if self.cached(&meta.name).is_none_or(|t| t.meta != meta) {
+                self.remember(meta);
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims, at their first epoch, the new partitions this broker should own; the owners
+    /// of the others claim theirs at their next heartbeat.
+    async fn claim_new(
+        &self,
+        tps: impl Iterator<Item = TopicPartition>,
+    ) -> Result<(), BrokerError> {
+        let me = Some(self.membership.me().node_id);
+        let mine: Vec<_> = tps
+            .filter(|tp| self.membership.desired_owner(*tp) == me)
+            .map(|tp| (tp, strata_storage::Epoch(0)))
+            .collect();
+        self.engine.claim_at(&mine).await?;
+        Ok(())
     }
 
     /// The consumer group coordinator.
@@ -223,6 +290,10 @@ impl Broker {
         if let Some(t) = self.cached(name) {
             return Ok(t);
         }
+        // Created through another broker since the last heartbeat?
+        if let Some(meta) = self.catalog.topic(name).await? {
+            return Ok(self.remember(meta));
+        }
         if !(auto_create && self.config.auto_create_topics) {
             return Err(BrokerError::UnknownTopic(name.to_string()));
         }
@@ -277,10 +348,10 @@ impl Broker {
             return Ok(Arc::new(Topic { meta, config }));
         }
         let meta = self.catalog.create_topic(name, partitions, configs).await?;
-        self.engine
-            .claim(&Broker::all_partitions(std::slice::from_ref(&meta)))
+        let topic = self.remember(meta);
+        self.claim_new(Broker::all_partitions(std::slice::from_ref(&topic.meta)).into_iter())
             .await?;
-        Ok(self.remember(meta))
+        Ok(topic)
     }
 
     /// Deletes a topic and forgets its partitions.
@@ -314,11 +385,10 @@ impl Broker {
             return Ok(());
         }
         let meta = self.catalog.add_partitions(name, total).await?;
-        let new: Vec<_> = (topic.meta.partitions..total)
-            .map(|p| tp(meta.id, p))
-            .collect();
-        self.engine.claim(&new).await?;
+        let id = meta.id;
         self.remember(meta);
+        self.claim_new((topic.meta.partitions..total).map(|p| tp(id, p)))
+            .await?;
         Ok(())
     }
 
@@ -450,12 +520,16 @@ impl Broker {
             if !read.records.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(read);
             }
-            let Some(w) = watch.as_mut() else {
-                return Ok(read);
-            };
-            match tokio::time::timeout_at(deadline, w.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return Ok(read),
+            match watch.as_mut() {
+                Some(w) => match tokio::time::timeout_at(deadline, w.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => return Ok(read),
+                },
+                // Another broker owns it: its commits show in the catalog; look again soon.
+                None => {
+                    let next = (tokio::time::Instant::now() + NON_OWNER_POLL).min(deadline);
+                    tokio::time::sleep_until(next).await;
+                }
             }
         }
     }

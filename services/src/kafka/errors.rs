@@ -24,6 +24,7 @@ pub fn code(e: &BrokerError) -> i16 {
         BrokerError::Storage(_) => ResponseError::KafkaStorageError,
         BrokerError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         BrokerError::UnknownMemberId(_) => ResponseError::UnknownMemberId,
+        BrokerError::NotCoordinator { .. } => ResponseError::NotCoordinator,
         BrokerError::IllegalGeneration { .. } => ResponseError::IllegalGeneration,
         BrokerError::RebalanceInProgress => ResponseError::RebalanceInProgress,
         BrokerError::InconsistentGroupProtocol(_) => ResponseError::InconsistentGroupProtocol,

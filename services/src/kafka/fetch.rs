@@ -11,13 +11,13 @@ use bytes::Bytes;
 use futures::future::select_all;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use strata_storage::Offset;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{ConnError, Req, errors};
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, Topic};
 
 /// One pass over the requested partitions.
 struct Pass {
@@ -29,12 +29,44 @@ struct Pass {
     /// Watches on the partitions' high watermarks, subscribed before reading so no commit
     /// between the read and the wait is missed.
     watches: Vec<watch::Receiver<Offset>>,
+    /// Some partitions are owned by other brokers: no watch tells when they move, so a long
+    /// poll looks again every [`NON_OWNER_POLL`].
+    unwatched: bool,
+}
+
+/// How often a long poll over partitions other brokers own reads them again.
+const NON_OWNER_POLL: Duration = Duration::from_millis(100);
+
+/// The broker a consumer in `rack` should fetch `partition` from instead of this one, when
+/// this broker owns it but sits in another zone and a live broker sits in the consumer's
+/// (KIP-392). Any broker serves reads from the object store, so following costs nothing.
+fn preferred_replica(broker: &Broker, topic: &Topic, partition: i32, rack: &str) -> Option<i32> {
+    let membership = broker.membership();
+    if rack.is_empty() || membership.me().zone.as_deref() == Some(rack) {
+        return None;
+    }
+    let tp = topic.partition(partition).ok()?;
+    if !broker.engine().owns(tp) {
+        return None;
+    }
+    let in_zone: Vec<String> = membership
+        .members()
+        .iter()
+        .filter(|m| m.zone.as_deref() == Some(rack) && !m.leaving)
+        .map(|m| m.node_id.to_string())
+        .collect();
+    // Spread a zone's partitions over its brokers, the same way on every fetch.
+    let key = format!("{}/{partition}", topic.meta.id);
+    crate::cluster::rendezvous::owner(&key, in_zone.iter().map(String::as_str))
+        .and_then(|id| id.parse().ok())
 }
 
 async fn read_once(broker: &Broker, request: &FetchRequest) -> Pass {
     let mut total = 0usize;
     let mut failed = false;
     let mut watches = Vec::new();
+    let mut unwatched = false;
+    let rack = request.rack_id.as_str();
     let budget = request.max_bytes.max(0) as usize;
     let mut topics = Vec::with_capacity(request.topics.len());
     for t in &request.topics {
@@ -50,8 +82,23 @@ async fn read_once(broker: &Broker, request: &FetchRequest) -> Pass {
                     continue;
                 }
             };
-            if let Some(w) = broker.watch_high_watermark(topic, p.partition) {
-                watches.push(w);
+            if let Some(replica) = preferred_replica(broker, topic, p.partition, rack)
+                && let Ok((start, end)) = broker.offsets(topic, p.partition).await
+            {
+                partitions.push(
+                    data.with_high_watermark(end.0)
+                        .with_last_stable_offset(end.0)
+                        .with_log_start_offset(start.0)
+                        .with_preferred_read_replica(BrokerId(replica))
+                        .with_records(Some(Bytes::new())),
+                );
+                // An answer to act on at once, like an error.
+                failed = true;
+                continue;
+            }
+            match broker.watch_high_watermark(topic, p.partition) {
+                Some(w) => watches.push(w),
+                None => unwatched = true,
             }
             let limit = (p.partition_max_bytes.max(0) as usize).min(budget.saturating_sub(total));
             let result = if limit == 0 && total > 0 {
@@ -106,6 +153,7 @@ async fn read_once(broker: &Broker, request: &FetchRequest) -> Pass {
         bytes: total,
         errors: failed,
         watches,
+        unwatched,
     }
 }
 
@@ -125,11 +173,20 @@ pub async fn fetch(broker: &Broker, req: Req, request: FetchRequest) -> Result<B
         let mut pass = read_once(broker, &request).await;
         let done = pass.bytes >= min_bytes
             || pass.errors
-            || pass.watches.is_empty()
+            || (pass.watches.is_empty() && !pass.unwatched)
             || Instant::now() >= deadline;
         if !done {
+            let wake = if pass.unwatched {
+                (Instant::now() + NON_OWNER_POLL).min(deadline)
+            } else {
+                deadline
+            };
+            if pass.watches.is_empty() {
+                tokio::time::sleep_until(wake).await;
+                continue;
+            }
             let changed = select_all(pass.watches.iter_mut().map(|w| Box::pin(w.changed())));
-            if tokio::time::timeout_at(deadline, changed).await.is_ok() {
+            if tokio::time::timeout_at(wake, changed).await.is_ok() || Instant::now() < deadline {
                 continue;
             }
         }

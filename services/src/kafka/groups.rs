@@ -45,31 +45,40 @@ fn code(r: &Result<(), BrokerError>) -> i16 {
     r.as_ref().err().map_or(0, errors::code)
 }
 
-/// FindCoordinator: this broker coordinates every group and transaction.
+/// FindCoordinator: groups (and transactional ids) are placed on live brokers by rendezvous
+/// hashing, as partitions are.
 pub fn find_coordinator(
     broker: &Broker,
     req: Req,
     request: FindCoordinatorRequest,
 ) -> Result<Bytes, ConnError> {
-    let c = broker.config();
-    let (host, port) = (&c.advertised_kafka.0, i32::from(c.advertised_kafka.1));
+    let membership = broker.membership();
+    let locate = |key: &str| {
+        let id = membership.coordinator(key);
+        let m = membership
+            .member(id)
+            .unwrap_or_else(|| membership.me().clone());
+        (m.node_id, m.kafka.0, i32::from(m.kafka.1))
+    };
     let body = if req.version >= 4 {
         let coordinators = request
             .coordinator_keys
             .into_iter()
             .map(|key| {
+                let (id, host, port) = locate(key.as_str());
                 Coordinator::default()
                     .with_key(key)
-                    .with_node_id(BrokerId(c.node_id))
-                    .with_host(text(host.clone()))
+                    .with_node_id(BrokerId(id))
+                    .with_host(text(host))
                     .with_port(port)
             })
             .collect();
         FindCoordinatorResponse::default().with_coordinators(coordinators)
     } else {
+        let (id, host, port) = locate(request.key.as_str());
         FindCoordinatorResponse::default()
-            .with_node_id(BrokerId(c.node_id))
-            .with_host(text(host.clone()))
+            .with_node_id(BrokerId(id))
+            .with_host(text(host))
             .with_port(port)
             .with_error_message(None)
     };

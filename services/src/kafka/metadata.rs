@@ -13,6 +13,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{ConnError, Req, SUPPORTED, codec, errors};
 use crate::broker::{Broker, BrokerError, Topic};
+use strata_storage::catalog::tp;
 
 fn api_list() -> Vec<ApiVersion> {
     SUPPORTED
@@ -46,16 +47,27 @@ pub fn api_versions_unsupported(req: Req) -> Result<Bytes, ConnError> {
     codec::encode_response(req.api, 0, req.correlation_id, &body)
 }
 
+/// A partition's leader is its owner; every live broker can serve its reads (from the
+/// object store), so all of them are listed as replicas and in sync, the leader first. That
+/// is what lets a consumer fetch from a broker in its own zone (KIP-392).
 fn topic_entry(broker: &Broker, topic: &Topic) -> MetadataResponseTopic {
-    let node = BrokerId(broker.config().node_id);
+    let members: Vec<BrokerId> = broker
+        .membership()
+        .members()
+        .iter()
+        .map(|m| BrokerId(m.node_id))
+        .collect();
     let partitions = (0..topic.meta.partitions)
         .map(|p| {
+            let leader = BrokerId(broker.membership().leader(tp(topic.meta.id, p)));
+            let mut replicas = vec![leader];
+            replicas.extend(members.iter().copied().filter(|m| *m != leader));
             MetadataResponsePartition::default()
                 .with_partition_index(p)
-                .with_leader_id(node)
+                .with_leader_id(leader)
                 .with_leader_epoch(super::log::LEADER_EPOCH)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_replica_nodes(replicas.clone())
+                .with_isr_nodes(replicas)
         })
         .collect();
     MetadataResponseTopic::default()
@@ -114,19 +126,36 @@ pub async fn metadata(
             }
         }
     }
-    let config = broker.config();
-    let (host, port) = &config.advertised_kafka;
-    let me = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(config.node_id))
-        .with_host(StrBytes::from_string(host.clone()))
-        .with_port(i32::from(*port))
-        .with_rack(config.zone.clone().map(StrBytes::from_string));
+    let brokers = broker
+        .membership()
+        .members()
+        .into_iter()
+        .map(|m| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(m.node_id))
+                .with_host(StrBytes::from_string(m.kafka.0))
+                .with_port(i32::from(m.kafka.1))
+                .with_rack(m.zone.map(StrBytes::from_string))
+        })
+        .collect();
     let body = MetadataResponse::default()
-        .with_brokers(vec![me])
+        .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_static_str("strata")))
-        .with_controller_id(BrokerId(config.node_id))
+        .with_controller_id(BrokerId(controller(broker)))
         .with_topics(topics);
     req.encode(&body)
+}
+
+/// The broker named as controller: Strata has none (the catalog is the controller), but
+/// admin tools expect a live broker id, so the lowest live one stands in.
+fn controller(broker: &Broker) -> i32 {
+    let membership = broker.membership();
+    membership
+        .members()
+        .iter()
+        .map(|m| m.node_id)
+        .min()
+        .unwrap_or(membership.me().node_id)
 }
 
 /// DescribeCluster (KIP-700): the cluster id, the controller and the brokers, as admin tools
@@ -138,7 +167,6 @@ pub fn describe_cluster(
 ) -> Result<Bytes, ConnError> {
     use kafka_protocol::messages::DescribeClusterResponse;
     use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
-    let config = broker.config();
     // Endpoint type 1 is brokers; 2 (controllers) is for KRaft controller quorums, which a
     // Strata cluster does not have.
     if request.endpoint_type != 1 {
@@ -150,17 +178,23 @@ pub fn describe_cluster(
             .with_endpoint_type(request.endpoint_type);
         return req.encode(&body);
     }
-    let (host, port) = &config.advertised_kafka;
-    let me = DescribeClusterBroker::default()
-        .with_broker_id(BrokerId(config.node_id))
-        .with_host(StrBytes::from_string(host.clone()))
-        .with_port(i32::from(*port))
-        .with_rack(config.zone.clone().map(StrBytes::from_string));
+    let brokers = broker
+        .membership()
+        .members()
+        .into_iter()
+        .map(|m| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(m.node_id))
+                .with_host(StrBytes::from_string(m.kafka.0))
+                .with_port(i32::from(m.kafka.1))
+                .with_rack(m.zone.map(StrBytes::from_string))
+        })
+        .collect();
     let body = DescribeClusterResponse::default()
         .with_endpoint_type(1)
         .with_cluster_id(StrBytes::from_static_str("strata"))
-        .with_controller_id(BrokerId(config.node_id))
-        .with_brokers(vec![me])
+        .with_controller_id(BrokerId(controller(broker)))
+        .with_brokers(brokers)
         .with_cluster_authorized_operations(i32::MIN);
     req.encode(&body)
 }

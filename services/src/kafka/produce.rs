@@ -46,13 +46,7 @@ pub async fn produce(
                 )),
             };
             if let Err(e) = &begun {
-                tracing::warn!(
-                    peer = %req.peer,
-                    topic = t.name.as_str(),
-                    partition = p.index,
-                    error = %e,
-                    "produce refused"
-                );
+                e.log_refused_produce(&req.peer, t.name.as_str(), p.index);
             }
             parts.push((p.index, begun));
         }

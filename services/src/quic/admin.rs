@@ -10,7 +10,8 @@ use strata_proto::native::messages::{
 use strata_proto::native::{ErrorCode, Frame, MessageKind, PROTOCOL_VERSION, WireError};
 
 use super::{Ctx, MESSAGE_VERSIONS, Reply, header};
-use crate::broker::{BrokerError, Topic};
+use crate::broker::{Broker, BrokerError, Topic};
+use strata_storage::catalog::tp;
 
 /// `hello`: what this broker speaks, and who the client is.
 pub fn hello(ctx: &Ctx, frame: &Frame) -> Result<Reply, WireError> {
@@ -29,12 +30,20 @@ pub fn hello(ctx: &Ctx, frame: &Frame) -> Result<Reply, WireError> {
     }))
 }
 
-fn topic_info(t: &Topic, leader: i32) -> TopicInfo {
+fn topic_info(broker: &Broker, t: &Topic) -> TopicInfo {
+    let owners = broker.membership().ownership();
     TopicInfo {
         name: t.meta.name.clone(),
         id: t.meta.id.to_string(),
         partitions: (0..t.meta.partitions)
-            .map(|partition| PartitionInfo { partition, leader })
+            .map(|partition| {
+                let tp = tp(t.meta.id, partition);
+                PartitionInfo {
+                    partition,
+                    leader: broker.membership().leader(tp),
+                    epoch: owners.get(&tp).map_or(0, |o| o.epoch.0),
+                }
+            })
             .collect(),
         error: None,
     }
@@ -43,20 +52,19 @@ fn topic_info(t: &Topic, leader: i32) -> TopicInfo {
 /// `metadata`: this broker and the topics asked for (all by default).
 pub async fn metadata(ctx: &Ctx, frame: &Frame) -> Result<Reply, WireError> {
     let req: MetadataRequest = header(frame)?;
-    let config = ctx.broker.config();
-    let me = config.node_id;
+    let me = ctx.broker.config().node_id;
     let topics = match req.topics {
         None => ctx
             .broker
             .topics()
             .iter()
-            .map(|t| topic_info(t, me))
+            .map(|t| topic_info(&ctx.broker, t))
             .collect(),
         Some(names) => {
             let mut out = Vec::with_capacity(names.len());
             for name in names {
                 out.push(match ctx.broker.topic(&name, false).await {
-                    Ok(t) => topic_info(&t, me),
+                    Ok(t) => topic_info(&ctx.broker, &t),
                     Err(e) => TopicInfo {
                         name,
                         id: String::new(),
@@ -68,16 +76,24 @@ pub async fn metadata(ctx: &Ctx, frame: &Frame) -> Result<Reply, WireError> {
             out
         }
     };
-    let (host, port) = &config.advertised_kafka;
+    let brokers = ctx
+        .broker
+        .membership()
+        .members()
+        .into_iter()
+        .map(|m| BrokerInfo {
+            id: m.node_id,
+            quic: m.quic,
+            kafka: format!("{}:{}", m.kafka.0, m.kafka.1),
+            http: m.http,
+            zone: m.zone,
+            heartbeat_ms: m.heartbeat_ms,
+            leaving: m.leaving,
+        })
+        .collect();
     Ok(Reply::new(&MetadataResponse {
         broker_id: me,
-        brokers: vec![BrokerInfo {
-            id: me,
-            quic: config.advertised_quic.clone(),
-            kafka: format!("{host}:{port}"),
-            http: config.advertised_http.clone(),
-            zone: config.zone.clone(),
-        }],
+        brokers,
         topics,
     }))
 }
@@ -90,7 +106,7 @@ async fn describe(ctx: &Ctx, name: &str) -> Result<TopicDescription, BrokerError
         let stored = ctx.broker.stored(&topic, p).await?;
         partitions.push(PartitionState {
             partition: p,
-            leader: ctx.broker.config().node_id,
+            leader: ctx.broker.membership().leader(tp(topic.meta.id, p)),
             log_start: start.0,
             high_watermark: end.0,
             stored_bytes: stored.bytes,

@@ -51,7 +51,7 @@ async fn sequence(ctx: &Ctx, frame: &Frame, send: &mut SendStream) -> Result<Rep
     let acks = broker::acks(req.acks)?;
     let timeout = broker::produce_timeout(req.timeout_ms.min(i64::MAX as u64) as i64);
     let refused = |e: &crate::broker::BrokerError| {
-        tracing::warn!(peer = %ctx.peer, topic = req.topic, partition = req.partition, error = %e, "produce refused");
+        e.log_refused_produce(&ctx.peer, &req.topic, req.partition);
     };
     let (offset, durable) = ctx
         .broker

@@ -23,6 +23,7 @@ pub fn code(e: &BrokerError) -> ErrorCode {
         BrokerError::Storage(_) => ErrorCode::StorageError,
         BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
         BrokerError::UnknownMemberId(_) => ErrorCode::UnknownMember,
+        BrokerError::NotCoordinator { .. } => ErrorCode::NotCoordinator,
         BrokerError::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
         BrokerError::RebalanceInProgress => ErrorCode::RebalanceInProgress,
         BrokerError::InconsistentGroupProtocol(_) => ErrorCode::InconsistentGroupProtocol,

@@ -153,17 +153,35 @@ pub struct Stored {
     pub objects: i64,
 }
 
-/// A registered broker.
+/// A registered broker: how clients reach it, and how fresh its lease is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerInfo {
-    /// The broker's id.
+    /// The broker's id (its node id, in decimal).
     pub id: String,
-    /// The Kafka address it advertises.
+    /// The Kafka address it advertises, `host:port`.
     pub kafka_addr: String,
+    /// The QUIC (native protocol) address it advertises.
+    pub quic_addr: String,
+    /// The HTTP address it advertises.
+    pub http_addr: String,
     /// Its zone, if set.
     pub zone: Option<String>,
-    /// Last heartbeat, in ms since the epoch.
+    /// Last heartbeat, in ms since the epoch (set by the catalog on registration).
     pub heartbeat_ms: i64,
+    /// The broker is shutting down: it still holds its lease, but takes no new partitions
+    /// and is releasing the ones it has.
+    pub leaving: bool,
+}
+
+/// Who owns a partition, as the catalog records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOwner {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// The owning broker's id; `None` when released or never claimed.
+    pub owner: Option<String>,
+    /// The current owner epoch; a claim moves it on by one.
+    pub epoch: Epoch,
 }
 
 /// The catalog's operations. Implementations must make [`Catalog::commit_flush`] atomic and
@@ -308,11 +326,36 @@ pub trait Catalog: Send + Sync {
     /// A producer id never handed out before, cluster-wide.
     async fn allocate_producer_id(&self) -> Result<i64, CatalogError>;
 
-    /// Registers `broker` (or refreshes its row) with a heartbeat of now.
+    /// Registers `broker` (or refreshes its row: addresses, zone, `leaving`) with a
+    /// heartbeat of now. Brokers call this every heartbeat interval; it is their lease.
     async fn register_broker(&self, broker: &BrokerInfo) -> Result<(), CatalogError>;
 
-    /// Every registered broker.
+    /// Removes a broker's row (it left the cluster after releasing its partitions).
+    async fn deregister_broker(&self, id: &str) -> Result<(), CatalogError>;
+
+    /// Every registered broker, live or not.
     async fn brokers(&self) -> Result<Vec<BrokerInfo>, CatalogError>;
+
+    /// The owner and epoch of every partition.
+    async fn partition_owners(&self) -> Result<Vec<PartitionOwner>, CatalogError>;
+
+    /// Takes ownership of each `(tp, epoch)` for `broker` **only if** the partition is still
+    /// at that epoch, bumping it by one. Of two brokers racing for a partition seen at the
+    /// same epoch, exactly one wins. Returns the state of the partitions won.
+    async fn claim_partitions_at(
+        &self,
+        broker: &str,
+        claims: &[(TopicPartition, Epoch)],
+    ) -> Result<Vec<PartitionState>, CatalogError>;
+
+    /// Gives up ownership of each `(tp, epoch)` that `broker` still holds at that epoch (after
+    /// flushing everything it accepted), so the next owner can claim it without waiting for
+    /// a lease to expire.
+    async fn release_partitions(
+        &self,
+        broker: &str,
+        releases: &[(TopicPartition, Epoch)],
+    ) -> Result<(), CatalogError>;
 }
 
 /// Builds a [`TopicPartition`] from a topic id and partition number.

@@ -15,8 +15,8 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
 
 use super::{
-    BrokerInfo, Catalog, CatalogError, CommittedOffset, Extent, FlushCommit, PartitionState,
-    ProducerState, Stored, TopicMeta, tp,
+    BrokerInfo, Catalog, CatalogError, CommittedOffset, Extent, FlushCommit, PartitionOwner,
+    PartitionState, ProducerState, Stored, TopicMeta, tp,
 };
 use crate::segment::ExtentMeta;
 use crate::types::{Epoch, Offset, PartitionId, TopicId, TopicPartition};
@@ -112,6 +112,14 @@ INSERT INTO id_counters (name, next_value) VALUES ('producer_id', 1000)
         r#"
 ALTER TABLE objects ADD COLUMN dead_ms BIGINT;
 CREATE INDEX IF NOT EXISTS extents_by_object ON extents (object_key)
+"#,
+    ),
+    (
+        "cluster membership",
+        r#"
+ALTER TABLE brokers ADD COLUMN quic_addr TEXT NOT NULL DEFAULT '';
+ALTER TABLE brokers ADD COLUMN http_addr TEXT NOT NULL DEFAULT '';
+ALTER TABLE brokers ADD COLUMN leaving INTEGER NOT NULL DEFAULT 0
 "#,
     ),
 ];
@@ -752,33 +760,123 @@ impl Catalog for SqlCatalog {
 
     async fn register_broker(&self, broker: &BrokerInfo) -> Result<(), CatalogError> {
         sqlx::query(
-            "INSERT INTO brokers (id, kafka_addr, zone, heartbeat_ms) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (id) DO UPDATE SET kafka_addr = $2, zone = $3, heartbeat_ms = $4",
+            "INSERT INTO brokers (id, kafka_addr, quic_addr, http_addr, zone, heartbeat_ms, leaving) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (id) DO UPDATE SET kafka_addr = $2, quic_addr = $3, http_addr = $4, \
+             zone = $5, heartbeat_ms = $6, leaving = $7",
         )
         .bind(&broker.id)
         .bind(&broker.kafka_addr)
+        .bind(&broker.quic_addr)
+        .bind(&broker.http_addr)
         .bind(broker.zone.clone())
         .bind(now_ms())
+        .bind(i32::from(broker.leaving))
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
+    async fn deregister_broker(&self, id: &str) -> Result<(), CatalogError> {
+        sqlx::query("DELETE FROM brokers WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn brokers(&self) -> Result<Vec<BrokerInfo>, CatalogError> {
-        let rows =
-            sqlx::query("SELECT id, kafka_addr, zone, heartbeat_ms FROM brokers ORDER BY id")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT id, kafka_addr, quic_addr, http_addr, zone, heartbeat_ms, leaving \
+             FROM brokers ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(BrokerInfo {
                     id: r.try_get("id")?,
                     kafka_addr: r.try_get("kafka_addr")?,
+                    quic_addr: r.try_get("quic_addr")?,
+                    http_addr: r.try_get("http_addr")?,
                     zone: r.try_get("zone")?,
                     heartbeat_ms: r.try_get("heartbeat_ms")?,
+                    leaving: r.try_get::<i32, _>("leaving")? != 0,
                 })
             })
             .collect()
+    }
+
+    async fn partition_owners(&self) -> Result<Vec<PartitionOwner>, CatalogError> {
+        let rows = sqlx::query("SELECT topic_id, partition_id, owner, owner_epoch FROM partitions")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PartitionOwner {
+                    tp: TopicPartition {
+                        topic: parse_topic_id(&r.try_get::<String, _>("topic_id")?)?,
+                        partition: PartitionId(r.try_get("partition_id")?),
+                    },
+                    owner: r.try_get("owner")?,
+                    epoch: Epoch(r.try_get("owner_epoch")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn claim_partitions_at(
+        &self,
+        broker: &str,
+        claims: &[(TopicPartition, Epoch)],
+    ) -> Result<Vec<PartitionState>, CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        let mut won = Vec::with_capacity(claims.len());
+        for &(tp, epoch) in claims {
+            let row = sqlx::query(
+                "UPDATE partitions SET owner = $1, owner_epoch = owner_epoch + 1 \
+                 WHERE topic_id = $2 AND partition_id = $3 AND owner_epoch = $4 \
+                 RETURNING high_watermark, log_start_offset, owner_epoch",
+            )
+            .bind(broker)
+            .bind(tp.topic.to_string())
+            .bind(tp.partition.0)
+            .bind(epoch.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                won.push(PartitionState {
+                    tp,
+                    high_watermark: Offset(row.try_get("high_watermark")?),
+                    log_start_offset: Offset(row.try_get("log_start_offset")?),
+                    epoch: Epoch(row.try_get("owner_epoch")?),
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(won)
+    }
+
+    async fn release_partitions(
+        &self,
+        broker: &str,
+        releases: &[(TopicPartition, Epoch)],
+    ) -> Result<(), CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        for &(tp, epoch) in releases {
+            sqlx::query(
+                "UPDATE partitions SET owner = NULL \
+                 WHERE topic_id = $1 AND partition_id = $2 AND owner = $3 AND owner_epoch = $4",
+            )
+            .bind(tp.topic.to_string())
+            .bind(tp.partition.0)
+            .bind(broker)
+            .bind(epoch.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 

@@ -1,0 +1,46 @@
+//! Helpers shared by the engine test files.
+
+use bytes::Bytes;
+use strata_storage::batch::Batch;
+
+/// A valid uncompressed batch of `n` records (built by hand, as a producer would).
+pub fn batch(n: usize, tag: u8) -> Batch {
+    fn varint(out: &mut Vec<u8>, v: i64) {
+        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        while z >= 0x80 {
+            out.push((z as u8) | 0x80);
+            z >>= 7;
+        }
+        out.push(z as u8);
+    }
+    let mut records = Vec::new();
+    for i in 0..n {
+        let mut r = vec![0u8];
+        varint(&mut r, 0);
+        varint(&mut r, i as i64);
+        varint(&mut r, -1);
+        varint(&mut r, 3);
+        r.extend_from_slice(&[tag, i as u8, b'!']);
+        varint(&mut r, 0);
+        varint(&mut records, r.len() as i64);
+        records.extend_from_slice(&r);
+    }
+    let mut b = Vec::new();
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&((49 + records.len()) as i32).to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes());
+    b.push(2);
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(n as i32 - 1).to_be_bytes());
+    b.extend_from_slice(&1000i64.to_be_bytes());
+    b.extend_from_slice(&1000i64.to_be_bytes());
+    b.extend_from_slice(&(-1i64).to_be_bytes());
+    b.extend_from_slice(&(-1i16).to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&(n as i32).to_be_bytes());
+    b.extend_from_slice(&records);
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    Batch::parse_all(Bytes::from(b), 1 << 20).unwrap().remove(0)
+}
