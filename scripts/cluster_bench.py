@@ -22,8 +22,8 @@ Needs what `scripts/test.sh` installs (PostgreSQL, confluent-kafka) and a releas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -74,6 +74,17 @@ class Cluster:
                 b.stop(expect_code=None)
 
 
+KEEP: Path | None = None
+
+
+def workdir():
+    """A fresh directory for one phase: temporary, or kept under `--keep` for reading logs."""
+    if KEEP is None:
+        return tempfile.TemporaryDirectory()
+    KEEP.mkdir(parents=True, exist_ok=True)
+    return contextlib.nullcontext(tempfile.mkdtemp(dir=KEEP))
+
+
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for f in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
@@ -99,7 +110,7 @@ def produce_ok(bootstrap: str, topic: str, partition: int, timeout: float) -> bo
 
 def failover(pg: PostgresServer, rounds: int, lease_ms: int) -> list[float]:
     times = []
-    with tempfile.TemporaryDirectory() as d:
+    with workdir() as d:
         c = Cluster(pg, Path(d), lease_ms)
         try:
             for _ in range(3):
@@ -135,7 +146,7 @@ def failover(pg: PostgresServer, rounds: int, lease_ms: int) -> list[float]:
 
 
 def join(pg: PostgresServer, lease_ms: int) -> float:
-    with tempfile.TemporaryDirectory() as d:
+    with workdir() as d:
         c = Cluster(pg, Path(d), lease_ms)
         try:
             c.add()
@@ -156,7 +167,7 @@ def join(pg: PostgresServer, lease_ms: int) -> float:
 
 
 def w1(pg: PostgresServer, n: int, seconds: int, lease_ms: int) -> dict:
-    with tempfile.TemporaryDirectory() as d:
+    with workdir() as d:
         c = Cluster(pg, Path(d), lease_ms)
         try:
             for _ in range(n):
@@ -178,9 +189,10 @@ def main() -> None:
     ap.add_argument("--lease-ms", type=int, default=10_000)
     ap.add_argument("--w1-seconds", type=int, default=20)
     ap.add_argument("--skip-w1", action="store_true")
+    ap.add_argument("--keep", type=Path, help="keep each phase's brokers (data, logs) under this directory")
     args = ap.parse_args()
-    if os.geteuid() == 0:
-        pass  # PostgresServer runs the server as the postgres user
+    global KEEP
+    KEEP = args.keep
     pg = PostgresServer().start()
     try:
         print(f"== failover: kill -9 of one of 3 brokers, lease {args.lease_ms} ms", flush=True)
@@ -199,7 +211,10 @@ def main() -> None:
               f"{statistics.median(times):.2f} s (runs: {', '.join(f'{t:.2f}' for t in times)}) |")
         print(f"| joining broker leads its share (seen by every broker) | {joined:.2f} s |")
         for n, r in results.items():
-            print(f"| W1 with {n} broker(s) | {json.dumps(r)[:300]} |")
+            w = r[0] if isinstance(r, list) else r
+            lat = w.get("latency_ms") or {}
+            print(f"| W1 with {n} broker(s) | {w['mb_per_s']:.1f} MB/s, produce p50 {lat.get('p50', 0):.0f} ms, "
+                  f"p99 {lat.get('p99', 0):.0f} ms, failed records {(w.get('extra') or {}).get('failed_records', 0):.0f} |")
     finally:
         pg.stop()
 

@@ -207,6 +207,15 @@ impl Broker {
             .into_iter()
             .filter(|t| !metas.iter().any(|m| m.id == t.meta.id))
         {
+            // Created here after the list was read? Then it is not gone.
+            if self
+                .catalog
+                .topic(&gone.meta.name)
+                .await?
+                .is_some_and(|m| m.id == gone.meta.id)
+            {
+                continue;
+            }
             self.topics
                 .write()
                 .unwrap_or_else(|p| p.into_inner())

@@ -89,6 +89,16 @@ pub async fn tick(
     // Renewed only now, after dropping what others claimed meanwhile: a broker waking from
     // a freeze takes no append for a partition it lost.
     broker.engine().renew_lease(started + lease_margin(lease));
+    if !plan.unheld.is_empty() {
+        tracing::warn!(
+            partitions = plan.unheld.len(),
+            "releasing partitions recorded as ours that this broker no longer holds"
+        );
+        broker
+            .catalog()
+            .release_partitions(&membership.me().node_id.to_string(), &plan.unheld)
+            .await?;
+    }
     if !plan.claims.is_empty() {
         let won = broker.engine().claim_at(&plan.claims).await?;
         if !won.is_empty() {
@@ -112,6 +122,10 @@ struct Plan {
     claims: Vec<(TopicPartition, Epoch)>,
     releases: Vec<TopicPartition>,
     lost: Vec<TopicPartition>,
+    /// Partitions the catalog says this broker owns but it does not hold (it dropped them
+    /// after a failed commit) and should not own: released at once, or no one would take
+    /// them while this broker lives.
+    unheld: Vec<(TopicPartition, Epoch)>,
 }
 
 fn plan(broker: &Broker, owners: &[PartitionOwner]) -> Plan {
@@ -129,6 +143,7 @@ fn plan(broker: &Broker, owners: &[PartitionOwner]) -> Plan {
         claims: Vec::new(),
         releases: Vec::new(),
         lost: Vec::new(),
+        unheld: Vec::new(),
     };
     for o in owners {
         if !broker.knows_partition(o.tp) {
@@ -140,7 +155,11 @@ fn plan(broker: &Broker, owners: &[PartitionOwner]) -> Plan {
             Some(&epoch) if o.epoch > epoch => plan.lost.push(o.tp),
             Some(_) if leaving || desired != Some(me) => plan.releases.push(o.tp),
             Some(_) => {}
-            None if leaving || desired != Some(me) => {}
+            None if leaving || desired != Some(me) => {
+                if o.owner.as_deref() == Some(my_id.as_str()) {
+                    plan.unheld.push((o.tp, o.epoch));
+                }
+            }
             None => {
                 let claimable = match &o.owner {
                     None => true,
