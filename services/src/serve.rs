@@ -235,11 +235,19 @@ async fn retention(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first pass as the cluster's controller looks for orphans among all segments; later
+    // passes only among the last two days', since orphans come from crashes, which are recent.
+    let mut swept_all = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                // Each owner applies retention to its partitions; one broker collects garbage.
                 broker.enforce_retention().await;
-                broker.collect_garbage(grace).await;
+                let membership = broker.membership();
+                if membership.controller() == membership.me().node_id {
+                    broker.collect_garbage(grace, if swept_all { 2 } else { 0 }).await;
+                    swept_all = true;
+                }
             }
             _ = stopped.changed() => return,
         }

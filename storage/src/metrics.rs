@@ -34,6 +34,8 @@ pub struct Metrics {
     pub flushes: IntCounter,
     /// Objects deleted because no live record was left in them.
     pub gc_objects_deleted: IntCounter,
+    /// Orphans deleted: objects a flush stored but never committed (a crash between the two).
+    pub gc_orphans_deleted: IntCounter,
     /// Size of each flushed segment object.
     pub flush_bytes: Histogram,
     /// Time from the start of a flush to its catalog commit.
@@ -147,6 +149,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &registry,
             "strata_flushes_total",
             "Segment objects flushed.",
+        ),
+        gc_orphans_deleted: counter(
+            &registry,
+            "strata_gc_orphans_deleted_total",
+            "Objects deleted because no catalog commit ever recorded them (a crash between PUT and commit).",
         ),
         gc_objects_deleted: counter(
             &registry,

@@ -103,4 +103,37 @@ impl Engine {
         }
         Ok(keys.len())
     }
+
+    /// Deletes orphans under each of `prefixes`: segment objects the catalog has never
+    /// recorded, older than `grace` (by the time in their ULID key). A flush PUTs its object
+    /// before it commits, so a crash between the two leaves one; the grace period keeps every
+    /// flush still in flight. Listing is the expensive part, so callers pass the day
+    /// prefixes worth looking at ([`segment::day_prefixes`](crate::segment::day_prefixes)).
+    pub async fn collect_orphans(
+        &self,
+        now_ms: i64,
+        grace: Duration,
+        prefixes: &[String],
+    ) -> Result<usize, EngineError> {
+        let cutoff = now_ms - grace.as_millis() as i64;
+        let mut deleted = 0;
+        for prefix in prefixes {
+            for object in self.objects().list(prefix).await? {
+                let Some(written) = crate::segment::key_time_ms(&object.key) else {
+                    continue; // not a segment this broker wrote
+                };
+                if written > cutoff || self.catalog().object_known(&object.key).await? {
+                    continue;
+                }
+                self.objects().delete(&object.key).await?;
+                crate::metrics::metrics().gc_orphans_deleted.inc();
+                tracing::info!(
+                    object = object.key,
+                    "deleted an orphan object no commit recorded"
+                );
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
 }

@@ -194,6 +194,26 @@ pub fn read_footer(object: &[u8]) -> Result<Vec<ExtentMeta>, SegmentError> {
     Ok(out)
 }
 
+/// When a segment key was made (ms since the Unix epoch), from the ULID in its name; `None`
+/// for a key [`new_key`] did not make.
+pub fn key_time_ms(key: &str) -> Option<i64> {
+    let name = key.strip_prefix("segments/")?.rsplit('/').next()?;
+    let ulid = ulid::Ulid::from_string(name.strip_suffix(".seg")?).ok()?;
+    i64::try_from(ulid.timestamp_ms()).ok()
+}
+
+/// The key prefixes of the segments made on the `days` UTC days up to `now_ms`, newest
+/// first; `days == 0` means every segment.
+pub fn day_prefixes(now_ms: i64, days: u32) -> Vec<String> {
+    if days == 0 {
+        return vec!["segments/".to_string()];
+    }
+    (0..i64::from(days))
+        .filter_map(|d| chrono::DateTime::from_timestamp_millis(now_ms - d * 86_400_000))
+        .map(|t| format!("segments/{}/", t.format("%Y/%m/%d")))
+        .collect()
+}
+
 /// A new segment object key for now: `segments/<yyyy>/<mm>/<dd>/<ulid>.seg`.
 pub fn new_key() -> String {
     let now = chrono::Utc::now();
@@ -207,6 +227,27 @@ pub fn new_key() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_tell_their_time_and_day() {
+        let key = new_key();
+        let now = chrono::Utc::now().timestamp_millis();
+        let made = key_time_ms(&key).unwrap();
+        assert!((now - made).abs() < 5_000, "{key}");
+        assert!(key.starts_with(&day_prefixes(now, 1)[0]), "{key}");
+        assert_eq!(key_time_ms("segments/2020/01/01/not-a-ulid.seg"), None);
+        assert_eq!(
+            key_time_ms("elsewhere/01ARZ3NDEKTSV4RRFFQ69G5FAV.seg"),
+            None
+        );
+        // 2026-11-26T00:30Z: today and yesterday, newest first.
+        let t = 1_795_653_000_000;
+        assert_eq!(
+            day_prefixes(t, 2),
+            vec!["segments/2026/11/26/", "segments/2026/11/25/"]
+        );
+        assert_eq!(day_prefixes(t, 0), vec!["segments/"]);
+    }
     use crate::batch::tests::make_batch;
 
     fn tp(p: i32) -> TopicPartition {

@@ -105,3 +105,67 @@ async fn appends_flush_in_order_and_survive_a_clean_restart() {
     assert_eq!(p1_batches.last(), Some(&(150, 3)));
     engine.shutdown().await;
 }
+
+/// Objects a flush stored but never committed (a crash between PUT and commit) are deleted
+/// once older than the grace period; committed objects and young orphans stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_older_than_the_grace_period_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = SqlCatalog::connect(&format!("sqlite://{}/catalog.db", dir.path().display()))
+        .await
+        .unwrap();
+    let t = setup
+        .create_topic("orphans", 1, &Default::default())
+        .await
+        .unwrap();
+    let p = tp(t.id, 0);
+    let engine = open(dir.path(), &[p]).await;
+    engine
+        .append(p, vec![batch(3, 1)], Acks::All)
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+    let now = chrono_now_ms();
+    let old = format!(
+        "segments/2020/01/01/{}.seg",
+        ulid::Ulid::from_parts(1_577_836_800_000, 7)
+    );
+    let young = strata_storage::segment::new_key();
+    for key in [&old, &young] {
+        engine
+            .objects()
+            .put(key, bytes::Bytes::from_static(b"not committed"))
+            .await
+            .unwrap();
+    }
+    let everything = strata_storage::segment::day_prefixes(now, 0);
+    let deleted = engine
+        .collect_orphans(now, Duration::from_secs(600), &everything)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let left: Vec<String> = engine
+        .objects()
+        .list("segments/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert!(!left.contains(&old), "the old orphan is gone");
+    assert!(
+        left.contains(&young),
+        "a young orphan may be a flush in flight: kept"
+    );
+    assert_eq!(left.len(), 2, "the committed object stays: {left:?}");
+    assert_eq!(read_offsets(&engine, p).await, vec![(0, 3)]);
+    engine.shutdown().await;
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}

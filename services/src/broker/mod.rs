@@ -621,15 +621,22 @@ impl Broker {
         moved
     }
 
-    /// Deletes the objects that have held no live record for `grace`.
-    pub async fn collect_garbage(&self, grace: Duration) -> usize {
-        match self.engine.collect_garbage(chrono_now_ms(), grace).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "garbage collection pass failed");
-                0
+    /// Deletes the objects that have held no live record for `grace`, then orphans (objects
+    /// no commit recorded) older than `grace` among the segments of the last `orphan_days`
+    /// days (0: all of them). Returns how many objects went.
+    pub async fn collect_garbage(&self, grace: Duration, orphan_days: u32) -> usize {
+        let now = chrono_now_ms();
+        let dead = self.engine.collect_garbage(now, grace).await;
+        let prefixes = strata_storage::segment::day_prefixes(now, orphan_days);
+        let orphans = self.engine.collect_orphans(now, grace, &prefixes).await;
+        let mut deleted = 0;
+        for (what, result) in [("dead objects", dead), ("orphans", orphans)] {
+            match result {
+                Ok(n) => deleted += n,
+                Err(e) => tracing::warn!(error = %e, what, "garbage collection pass failed"),
             }
         }
+        deleted
     }
 
     /// Deletes a partition's records below `offset` (-1: the high watermark) by moving its log

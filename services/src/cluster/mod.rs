@@ -201,6 +201,17 @@ impl Membership {
         self.view().owners.clone()
     }
 
+    /// The broker that stands in as Kafka's controller, and does the cluster-wide chores
+    /// (garbage collection): the live broker with the lowest node id.
+    pub fn controller(&self) -> i32 {
+        self.view()
+            .members
+            .iter()
+            .map(|m| m.node_id)
+            .min()
+            .unwrap_or(self.me.node_id)
+    }
+
     /// The broker that coordinates group `group`.
     pub fn coordinator(&self, group: &str) -> i32 {
         Membership::place(&self.view(), &format!("group:{group}")).unwrap_or(self.me.node_id)

@@ -149,13 +149,7 @@ pub async fn metadata(
 /// The broker named as controller: Strata has none (the catalog is the controller), but
 /// admin tools expect a live broker id, so the lowest live one stands in.
 fn controller(broker: &Broker) -> i32 {
-    let membership = broker.membership();
-    membership
-        .members()
-        .iter()
-        .map(|m| m.node_id)
-        .min()
-        .unwrap_or(membership.me().node_id)
+    broker.membership().controller()
 }
 
 /// DescribeCluster (KIP-700): the cluster id, the controller and the brokers, as admin tools

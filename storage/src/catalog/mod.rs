@@ -257,6 +257,11 @@ pub trait Catalog: Send + Sync {
     /// Forgets a deleted object and its extents.
     async fn forget_object(&self, key: &str) -> Result<(), CatalogError>;
 
+    /// Whether the catalog records object `key` (committed, dead or alive). An object in the
+    /// store that the catalog does not know was written by a flush whose commit never
+    /// happened: an orphan.
+    async fn object_known(&self, key: &str) -> Result<bool, CatalogError>;
+
     /// Moves a partition's log start forward to `offset` (DeleteRecords; later retention),
     /// fenced by the owner's epoch. Never moves it back and never past the high watermark;
     /// returns the log start after the call.

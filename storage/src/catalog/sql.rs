@@ -561,6 +561,14 @@ impl Catalog for SqlCatalog {
         Ok(())
     }
 
+    async fn object_known(&self, key: &str) -> Result<bool, CatalogError> {
+        let row = sqlx::query("SELECT 1 AS known FROM objects WHERE object_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     async fn advance_log_start(
         &self,
         tp: TopicPartition,
