@@ -107,6 +107,17 @@ pub(crate) enum FlushFailure {
 /// commit some partitions and be fenced on others).
 pub(crate) type FlushWaiter = (TopicPartition, oneshot::Sender<Result<(), FlushFailure>>);
 
+/// The batch of a recovered WAL entry, or `None` (logged) when it does not parse.
+fn readable(entry: WalEntry) -> Option<Batch> {
+    match Batch::from_stored(entry.batch) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!(tp = %entry.tp, error = %e, "skipping unreadable WAL entry");
+            None
+        }
+    }
+}
+
 /// Tuning of the engine, from the broker's flags.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -393,28 +404,25 @@ impl Engine {
                 unsure.push(entry);
                 continue;
             }
-            let batch = match Batch::from_stored(entry.batch) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(%tp, error = %e, "skipping unreadable WAL entry");
-                    continue;
-                }
+            let base_offset = entry.base_offset;
+            let Some(batch) = readable(entry) else {
+                continue;
             };
-            let next = entry.base_offset.plus(batch.offset_count());
+            let next = base_offset.plus(batch.offset_count());
             log.next_offset = next;
             if let Some((pid, epoch, first, last)) = producer_of(&batch) {
                 state.producers.entry((tp, pid)).or_default().record(
                     epoch,
                     first,
                     last,
-                    entry.base_offset,
+                    base_offset,
                     next.plus(-1),
                 );
             }
             state.pending_bytes += batch.len();
             state.pending.push(Pending {
                 tp,
-                base_offset: entry.base_offset,
+                base_offset,
                 batch,
                 acked_early: true,
             });
@@ -440,12 +448,8 @@ impl Engine {
             if self.was_committed(&entry).await {
                 continue;
             }
-            let batch = match Batch::from_stored(entry.batch) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(%tp, error = %e, "skipping unreadable WAL entry");
-                    continue;
-                }
+            let Some(batch) = readable(entry) else {
+                continue;
             };
             // An idempotent producer's batch goes through the sequence checks: if the
             // producer retried it at the new owner, it is a duplicate and is not stored twice.

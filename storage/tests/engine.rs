@@ -2,40 +2,17 @@
 //! and a clean restart. Real SQLite catalog and local-directory object store. (Crashes —
 //! `kill -9` with data only in the WAL — are tested on the real process, in `tests/`.)
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use strata_storage::batch::stored_batches;
-use strata_storage::cache::ReadCache;
 use strata_storage::catalog::{Catalog, SqlCatalog, tp};
-use strata_storage::objects::ObjectStorage;
-use strata_storage::{Acks, Engine, EngineConfig, Offset, TopicPartition};
+use strata_storage::{Acks, Engine, Offset, TopicPartition};
 
 mod common;
 use common::batch;
 
 async fn open(dir: &std::path::Path, tps: &[TopicPartition]) -> Engine {
-    let catalog: Arc<dyn Catalog> = Arc::new(
-        SqlCatalog::connect(&format!("sqlite://{}/catalog.db", dir.display()))
-            .await
-            .unwrap(),
-    );
-    let objects = ObjectStorage::from_url(&format!("file://{}/objects", dir.display())).unwrap();
-    let cache = ReadCache::open(8 << 20, None).await.unwrap();
-    Engine::open(
-        EngineConfig {
-            broker_id: "1".into(),
-            wal_dir: dir.join("wal"),
-            flush_interval: Duration::from_millis(20),
-            flush_bytes: 4096,
-        },
-        catalog,
-        objects,
-        cache,
-        tps,
-    )
-    .await
-    .unwrap()
+    common::open_engine(dir, "1", Duration::from_millis(20), 4096, tps).await
 }
 
 /// `(base offset, offset count)` of every batch of `tp`, read back from offset 0.

@@ -3,14 +3,11 @@
 //! ever committed; a release hands the data over; a lapsed lease stops appends; and
 //! `acks=1` data a broker lost its partition over comes back when it owns it again.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strata_storage::batch::stored_batches;
-use strata_storage::cache::ReadCache;
-use strata_storage::catalog::{Catalog, SqlCatalog, tp};
-use strata_storage::objects::ObjectStorage;
-use strata_storage::{Acks, Engine, EngineConfig, EngineError, Epoch, Offset, TopicPartition};
+use strata_storage::catalog::tp;
+use strata_storage::{Acks, Engine, EngineError, Epoch, Offset, TopicPartition};
 
 mod common;
 use common::batch;
@@ -18,27 +15,7 @@ use common::batch;
 /// Opens the engine of broker `id` on the shared catalog and objects under `dir`, with its own
 /// WAL. `flush_interval` long keeps appends unflushed until a test wants them flushed.
 async fn broker(dir: &std::path::Path, id: &str, flush_interval: Duration) -> Engine {
-    let catalog: Arc<dyn Catalog> = Arc::new(
-        SqlCatalog::connect(&format!("sqlite://{}/catalog.db", dir.display()))
-            .await
-            .unwrap(),
-    );
-    let objects = ObjectStorage::from_url(&format!("file://{}/objects", dir.display())).unwrap();
-    let cache = ReadCache::open(8 << 20, None).await.unwrap();
-    Engine::open(
-        EngineConfig {
-            broker_id: id.into(),
-            wal_dir: dir.join(format!("wal-{id}")),
-            flush_interval,
-            flush_bytes: 1 << 20,
-        },
-        catalog,
-        objects,
-        cache,
-        &[],
-    )
-    .await
-    .unwrap()
+    common::open_engine(dir, id, flush_interval, 1 << 20, &[]).await
 }
 
 async fn partition(engine: &Engine) -> TopicPartition {

@@ -246,6 +246,40 @@ impl SqlCatalog {
             .map_err(|e| CatalogError::Db(e.into()))
     }
 
+    /// Claims each partition for `broker`, bumping its epoch: unconditionally, or only if it
+    /// is still at the given epoch. Returns the state of those claimed.
+    async fn claim(
+        &self,
+        broker: &str,
+        claims: impl Iterator<Item = (TopicPartition, Option<Epoch>)>,
+    ) -> Result<Vec<PartitionState>, CatalogError> {
+        const SET: &str = "UPDATE partitions SET owner = $1, owner_epoch = owner_epoch + 1 \
+             WHERE topic_id = $2 AND partition_id = $3";
+        const RETURNING: &str = " RETURNING high_watermark, log_start_offset, owner_epoch";
+        let mut tx = self.pool.begin().await?;
+        let mut won = Vec::new();
+        for (tp, epoch) in claims {
+            let query = match epoch {
+                None => sqlx::query(AssertSqlSafe(format!("{SET}{RETURNING}"))),
+                Some(_) => sqlx::query(AssertSqlSafe(format!(
+                    "{SET} AND owner_epoch = $4{RETURNING}"
+                ))),
+            };
+            let mut query = query
+                .bind(broker)
+                .bind(tp.topic.to_string())
+                .bind(tp.partition.0);
+            if let Some(e) = epoch {
+                query = query.bind(e.0);
+            }
+            if let Some(row) = query.fetch_optional(&mut *tx).await? {
+                won.push(state_from_row(tp, &row)?);
+            }
+        }
+        tx.commit().await?;
+        Ok(won)
+    }
+
     async fn load_configs(&self, id: TopicId) -> Result<BTreeMap<String, String>, CatalogError> {
         let rows = sqlx::query("SELECT name, value FROM topic_configs WHERE topic_id = $1")
             .bind(id.to_string())
@@ -432,30 +466,7 @@ impl Catalog for SqlCatalog {
         broker: &str,
         tps: &[TopicPartition],
     ) -> Result<Vec<PartitionState>, CatalogError> {
-        let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(tps.len());
-        for &tp in tps {
-            let row = sqlx::query(
-                "UPDATE partitions SET owner = $1, owner_epoch = owner_epoch + 1 \
-                 WHERE topic_id = $2 AND partition_id = $3 \
-                 RETURNING high_watermark, log_start_offset, owner_epoch",
-            )
-            .bind(broker)
-            .bind(tp.topic.to_string())
-            .bind(tp.partition.0)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = row {
-                out.push(PartitionState {
-                    tp,
-                    high_watermark: Offset(row.try_get("high_watermark")?),
-                    log_start_offset: Offset(row.try_get("log_start_offset")?),
-                    epoch: Epoch(row.try_get("owner_epoch")?),
-                });
-            }
-        }
-        tx.commit().await?;
-        Ok(out)
+        self.claim(broker, tps.iter().map(|&tp| (tp, None))).await
     }
 
     async fn partition_state(
@@ -470,15 +481,7 @@ impl Catalog for SqlCatalog {
         .bind(tp.partition.0)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(PartitionState {
-                tp,
-                high_watermark: Offset(row.try_get("high_watermark")?),
-                log_start_offset: Offset(row.try_get("log_start_offset")?),
-                epoch: Epoch(row.try_get("owner_epoch")?),
-            })
-        })
-        .transpose()
+        row.map(|row| state_from_row(tp, &row)).transpose()
     }
 
     async fn max_timestamp(
@@ -838,31 +841,8 @@ impl Catalog for SqlCatalog {
         broker: &str,
         claims: &[(TopicPartition, Epoch)],
     ) -> Result<Vec<PartitionState>, CatalogError> {
-        let mut tx = self.pool.begin().await?;
-        let mut won = Vec::with_capacity(claims.len());
-        for &(tp, epoch) in claims {
-            let row = sqlx::query(
-                "UPDATE partitions SET owner = $1, owner_epoch = owner_epoch + 1 \
-                 WHERE topic_id = $2 AND partition_id = $3 AND owner_epoch = $4 \
-                 RETURNING high_watermark, log_start_offset, owner_epoch",
-            )
-            .bind(broker)
-            .bind(tp.topic.to_string())
-            .bind(tp.partition.0)
-            .bind(epoch.0)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = row {
-                won.push(PartitionState {
-                    tp,
-                    high_watermark: Offset(row.try_get("high_watermark")?),
-                    log_start_offset: Offset(row.try_get("log_start_offset")?),
-                    epoch: Epoch(row.try_get("owner_epoch")?),
-                });
-            }
-        }
-        tx.commit().await?;
-        Ok(won)
+        self.claim(broker, claims.iter().map(|&(tp, e)| (tp, Some(e))))
+            .await
     }
 
     async fn release_partitions(
@@ -963,6 +943,17 @@ async fn apply_flush(
         .await?;
     }
     Ok(())
+}
+
+/// A partition's state from a row with `high_watermark`, `log_start_offset` and
+/// `owner_epoch`.
+fn state_from_row(tp: TopicPartition, row: &AnyRow) -> Result<PartitionState, CatalogError> {
+    Ok(PartitionState {
+        tp,
+        high_watermark: Offset(row.try_get("high_watermark")?),
+        log_start_offset: Offset(row.try_get("log_start_offset")?),
+        epoch: Epoch(row.try_get("owner_epoch")?),
+    })
 }
 
 async fn insert_partitions(

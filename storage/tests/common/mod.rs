@@ -1,7 +1,47 @@
 //! Helpers shared by the engine test files.
 
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::Bytes;
 use strata_storage::batch::Batch;
+use strata_storage::cache::ReadCache;
+use strata_storage::catalog::{Catalog, SqlCatalog};
+use strata_storage::objects::ObjectStorage;
+use strata_storage::{Engine, EngineConfig, TopicPartition};
+
+/// Opens the engine of broker `id` on the SQLite catalog and local objects under `dir`, with
+/// its WAL in `dir/wal-<id>`, claiming `tps`. Several brokers may share one `dir`.
+pub async fn open_engine(
+    dir: &Path,
+    id: &str,
+    flush_interval: Duration,
+    flush_bytes: usize,
+    tps: &[TopicPartition],
+) -> Engine {
+    let catalog: Arc<dyn Catalog> = Arc::new(
+        SqlCatalog::connect(&format!("sqlite://{}/catalog.db", dir.display()))
+            .await
+            .unwrap(),
+    );
+    let objects = ObjectStorage::from_url(&format!("file://{}/objects", dir.display())).unwrap();
+    let cache = ReadCache::open(8 << 20, None).await.unwrap();
+    Engine::open(
+        EngineConfig {
+            broker_id: id.into(),
+            wal_dir: dir.join(format!("wal-{id}")),
+            flush_interval,
+            flush_bytes,
+        },
+        catalog,
+        objects,
+        cache,
+        tps,
+    )
+    .await
+    .unwrap()
+}
 
 /// A valid uncompressed batch of `n` records (built by hand, as a producer would).
 pub fn batch(n: usize, tag: u8) -> Batch {
