@@ -142,6 +142,19 @@ pub struct ServeArgs {
     #[arg(long, env = "STRATA_GC_GRACE_MS", default_value_t = 600_000)]
     pub gc_grace_ms: u64,
 
+    /// How often the partitions this broker owns are compacted: runs of small extents
+    /// (one per flush) rewritten as one object per partition; 0 turns compaction off.
+    #[arg(long, env = "STRATA_COMPACTION_INTERVAL_MS", default_value_t = 60_000)]
+    pub compaction_interval_ms: u64,
+
+    /// Size of the objects compaction writes (16 MiB: at most 64 GETs per GiB replayed).
+    #[arg(long, env = "STRATA_COMPACTION_TARGET_BYTES", default_value = "16MiB", value_parser = parse_size)]
+    pub compaction_target_bytes: usize,
+
+    /// Extents younger than this are not compacted yet (tailing consumers read them hot).
+    #[arg(long, env = "STRATA_COMPACTION_MIN_AGE_MS", default_value_t = 60_000)]
+    pub compaction_min_age_ms: u64,
+
     /// How long the first rebalance of an empty consumer group waits for more members
     /// (Kafka's `group.initial.rebalance.delay.ms`, whose 3 s default Strata shortens so a
     /// lone consumer starts quickly).

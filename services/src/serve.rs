@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use strata_storage::cache::ReadCache;
 use strata_storage::catalog::{Catalog, SqlCatalog};
+use strata_storage::compaction::CompactionPolicy;
 use strata_storage::objects::ObjectStorage;
 use strata_storage::{Engine, EngineConfig};
 use tokio::net::TcpListener;
@@ -188,6 +189,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         Duration::from_millis(args.gc_grace_ms),
         stopped.clone(),
     ));
+    let compaction_task = tokio::spawn(compaction(
+        broker.clone(),
+        Duration::from_millis(args.compaction_interval_ms),
+        CompactionPolicy {
+            target_bytes: args.compaction_target_bytes.max(1) as u64,
+            min_age: Duration::from_millis(args.compaction_min_age_ms),
+        },
+        stopped.clone(),
+    ));
     let quic_task = tokio::spawn(crate::quic::serve(
         quic,
         broker.clone(),
@@ -217,6 +227,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let _ = kafka_task.await;
     let _ = quic_task.await;
     let _ = retention_task.await;
+    let _ = compaction_task.await;
     engine.shutdown().await;
     cache.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
@@ -248,6 +259,31 @@ async fn retention(
                     broker.collect_garbage(grace, if swept_all { 2 } else { 0 }).await;
                     swept_all = true;
                 }
+            }
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Compacts the partitions this broker owns every `every` (never when `every` is zero) until
+/// the broker stops. A pass over partitions with nothing to compact reads only the catalog.
+async fn compaction(
+    broker: Broker,
+    every: Duration,
+    policy: CompactionPolicy,
+    mut stopped: watch::Receiver<bool>,
+) {
+    if every.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate; nothing is settled at start-up
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                // A pass runs to its end (each step bounded) so a stop never cuts a rewrite.
+                broker.compact(policy).await;
             }
             _ = stopped.changed() => return,
         }

@@ -9,12 +9,15 @@
 //! - [`flush`]: one [`segment`] object per interval, PUT to the [`objects`] store and
 //!   committed to the [`catalog`] (what `acks=all` waits for);
 //! - [`fetch`]: the read path, through the hybrid [`cache`];
-//! - [`retention`]: how far `retention.ms`/`retention.bytes` move a partition's log start;
+//! - [`compaction`]: a partition's small extents rewritten as large per-partition objects;
+//! - [`retention`]: how far `retention.ms`/`retention.bytes` move a partition's log start,
+//!   and garbage collection of dead and orphaned objects;
 //! - [`metrics`]: counters for all of the above.
 
 pub mod batch;
 pub mod cache;
 pub mod catalog;
+pub mod compaction;
 pub mod engine;
 pub mod fetch;
 mod flush;

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub flushes: IntCounter,
     /// Objects deleted because no live record was left in them.
     pub gc_objects_deleted: IntCounter,
+    /// Compactions committed (runs of small extents rewritten as one object).
+    pub compactions: IntCounter,
+    /// Bytes rewritten by compaction.
+    pub compacted_bytes: IntCounter,
     /// Orphans deleted: objects a flush stored but never committed (a crash between the two).
     pub gc_orphans_deleted: IntCounter,
     /// Size of each flushed segment object.
@@ -149,6 +153,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &registry,
             "strata_flushes_total",
             "Segment objects flushed.",
+        ),
+        compactions: counter(
+            &registry,
+            "strata_compactions_total",
+            "Runs of small extents rewritten as one object.",
+        ),
+        compacted_bytes: counter(
+            &registry,
+            "strata_compacted_bytes_total",
+            "Bytes rewritten by compaction.",
         ),
         gc_orphans_deleted: counter(
             &registry,

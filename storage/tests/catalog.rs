@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use strata_storage::catalog::{
-    BrokerInfo, Catalog, CatalogError, CommittedOffset, FlushCommit, ProducerState, SqlCatalog, tp,
+    BrokerInfo, Catalog, CatalogError, CommittedOffset, Compaction, FlushCommit, ProducerState,
+    SqlCatalog, tp,
 };
 use strata_storage::producers::ProducerEntry;
 use strata_storage::segment::ExtentMeta;
@@ -328,6 +329,61 @@ async fn membership_and_conditional_claims(a: Arc<dyn Catalog>, b: Arc<dyn Catal
     assert_eq!(won[0].epoch, Epoch(2));
 }
 
+/// Compaction swaps consecutive extents for one, fenced by epoch and only if the extents are
+/// still the ones it read.
+async fn compaction_replaces_extents(c: &dyn Catalog) {
+    let t = c
+        .create_topic(&unique("compact"), 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    let p0 = tp(t.id, 0);
+    let epoch = c.claim_partitions("a", &[p0]).await.unwrap()[0].epoch;
+    for (i, (base, last)) in [(0, 4), (5, 9), (10, 14)].into_iter().enumerate() {
+        c.commit_flush(&commit(
+            &unique(&format!("small-{i}")),
+            &[(extent(p0, base, last), epoch)],
+        ))
+        .await
+        .unwrap();
+    }
+    let merged = ExtentMeta {
+        byte_len: 200,
+        ..extent(p0, 0, 9)
+    };
+    let compaction = |replaced: u64, epoch: Epoch| Compaction {
+        epoch,
+        first_base: Offset(0),
+        last_base: Offset(5),
+        replaced,
+        object_key: unique("compacted"),
+        object_size: 200,
+        extents: vec![merged],
+    };
+    // The range holds two extents, not three: refused, nothing changes.
+    assert!(!c.replace_extents(&compaction(3, epoch)).await.unwrap());
+    assert_eq!(c.extents(p0, Offset(0), 10).await.unwrap().len(), 3);
+    // A stale epoch is fenced.
+    assert!(matches!(
+        c.replace_extents(&compaction(2, Epoch(epoch.0 - 1))).await,
+        Err(CatalogError::Fenced { .. })
+    ));
+    let ok = compaction(2, epoch);
+    assert!(c.replace_extents(&ok).await.unwrap());
+    let extents = c.extents(p0, Offset(0), 10).await.unwrap();
+    assert_eq!(extents.len(), 2);
+    assert_eq!(extents[0].object_key, ok.object_key);
+    assert_eq!(
+        (extents[0].meta.base_offset, extents[0].meta.last_offset),
+        (Offset(0), Offset(9))
+    );
+    assert_eq!(extents[1].meta.base_offset, Offset(10));
+    assert!(c.object_known(&ok.object_key).await.unwrap());
+    assert_eq!(
+        c.partition_state(p0).await.unwrap().unwrap().high_watermark,
+        Offset(15)
+    );
+}
+
 async fn group_offsets(c: &dyn Catalog) {
     let t = c
         .create_topic(&unique("offsets"), 2, &BTreeMap::new())
@@ -398,6 +454,7 @@ async fn suite(url: &str) {
     log_start_advances(a.as_ref()).await;
     dead_objects_are_found_and_forgotten(a.as_ref()).await;
     group_offsets(a.as_ref()).await;
+    compaction_replaces_extents(a.as_ref()).await;
     producer_state_commits_with_the_data(a.as_ref()).await;
     membership_and_conditional_claims(a.clone(), b.clone()).await;
     stale_epoch_is_fenced(a, b).await;

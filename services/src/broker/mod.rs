@@ -621,6 +621,20 @@ impl Broker {
         moved
     }
 
+    /// Compacts every partition this broker owns (see [`strata_storage::compaction`]).
+    /// Returns how many extents were rewritten.
+    pub async fn compact(&self, policy: strata_storage::compaction::CompactionPolicy) -> usize {
+        let now = chrono_now_ms();
+        let mut replaced = 0;
+        for (tp, _) in self.engine.held() {
+            match self.engine.compact(tp, policy, now).await {
+                Ok(n) => replaced += n,
+                Err(e) => tracing::warn!(%tp, error = %e, "compaction failed; retrying next pass"),
+            }
+        }
+        replaced
+    }
+
     /// Deletes the objects that have held no live record for `grace`, then orphans (objects
     /// no commit recorded) older than `grace` among the segments of the last `orphan_days`
     /// days (0: all of them). Returns how many objects went.

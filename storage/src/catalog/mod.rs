@@ -118,6 +118,26 @@ pub struct FlushCommit {
     pub producers: Vec<ProducerState>,
 }
 
+/// A compaction, as committed: consecutive extents of one partition replaced by the same
+/// records in one new object.
+#[derive(Debug, Clone)]
+pub struct Compaction {
+    /// The owner epoch the compaction ran under.
+    pub epoch: Epoch,
+    /// Base offsets of the first and last extents replaced.
+    pub first_base: Offset,
+    /// See `first_base`.
+    pub last_base: Offset,
+    /// How many extents lie in that range (a different count means they changed meanwhile).
+    pub replaced: u64,
+    /// The new object's key.
+    pub object_key: String,
+    /// The new object's size in bytes.
+    pub object_size: u64,
+    /// Its extents: the same offsets as those replaced.
+    pub extents: Vec<ExtentMeta>,
+}
+
 /// An idempotent producer's state on one partition, as the catalog keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerState {
@@ -283,6 +303,11 @@ pub trait Catalog: Send + Sync {
     /// group commit: when commits fall behind, one transaction catches up on every flush
     /// whose object is already stored.
     async fn commit_flushes(&self, commits: &[FlushCommit]) -> Result<(), CatalogError>;
+
+    /// Replaces consecutive extents of one partition by a compacted object's, in one
+    /// transaction fenced by the owner's epoch. Returns `false`, changing nothing, when the
+    /// extents in the range are no longer the ones compacted.
+    async fn replace_extents(&self, compaction: &Compaction) -> Result<bool, CatalogError>;
 
     /// Committed extents of `tp` that hold offsets at or after `from`, in offset order, at most
     /// `limit` of them.

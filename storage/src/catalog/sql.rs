@@ -15,8 +15,8 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
 
 use super::{
-    BrokerInfo, Catalog, CatalogError, CommittedOffset, Extent, FlushCommit, PartitionOwner,
-    PartitionState, ProducerState, Stored, TopicMeta, tp,
+    BrokerInfo, Catalog, CatalogError, CommittedOffset, Compaction, Extent, FlushCommit,
+    PartitionOwner, PartitionState, ProducerState, Stored, TopicMeta, tp,
 };
 use crate::segment::ExtentMeta;
 use crate::types::{Epoch, Offset, PartitionId, TopicId, TopicPartition};
@@ -564,6 +564,53 @@ impl Catalog for SqlCatalog {
         Ok(())
     }
 
+    async fn replace_extents(&self, c: &Compaction) -> Result<bool, CatalogError> {
+        let Some(tp) = c.extents.first().map(|e| e.tp) else {
+            return Ok(false);
+        };
+        let mut tx = self.pool.begin().await?;
+        // A no-op update that takes the partition row's lock (as flush commits do) and checks
+        // the epoch.
+        let owned = sqlx::query(
+            "UPDATE partitions SET owner_epoch = owner_epoch \
+             WHERE topic_id = $1 AND partition_id = $2 AND owner_epoch = $3",
+        )
+        .bind(tp.topic.to_string())
+        .bind(tp.partition.0)
+        .bind(c.epoch.0)
+        .execute(&mut *tx)
+        .await?;
+        if owned.rows_affected() == 0 {
+            return Err(CatalogError::Fenced { tp, epoch: c.epoch });
+        }
+        let deleted = sqlx::query(
+            "DELETE FROM extents WHERE topic_id = $1 AND partition_id = $2 \
+             AND base_offset >= $3 AND base_offset <= $4",
+        )
+        .bind(tp.topic.to_string())
+        .bind(tp.partition.0)
+        .bind(c.first_base.0)
+        .bind(c.last_base.0)
+        .execute(&mut *tx)
+        .await?;
+        if deleted.rows_affected() != c.replaced {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let commit = FlushCommit {
+            object_key: c.object_key.clone(),
+            object_size: c.object_size,
+            extents: Vec::new(),
+            producers: Vec::new(),
+        };
+        apply_flush(&mut tx, &commit).await?;
+        for e in &c.extents {
+            insert_extent(&mut tx, &c.object_key, e).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn object_known(&self, key: &str) -> Result<bool, CatalogError> {
         let row = sqlx::query("SELECT 1 AS known FROM objects WHERE object_key = $1")
             .bind(key)
@@ -909,23 +956,7 @@ async fn apply_flush(
                 epoch: *epoch,
             });
         }
-        sqlx::query(concat!(
-            "INSERT INTO extents (",
-            extent_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-        ))
-        .bind(e.tp.topic.to_string())
-        .bind(e.tp.partition.0)
-        .bind(e.base_offset.0)
-        .bind(e.last_offset.0)
-        .bind(&commit.object_key)
-        .bind(e.byte_start as i64)
-        .bind(e.byte_len as i64)
-        .bind(e.min_timestamp)
-        .bind(e.max_timestamp)
-        .bind(e.record_count)
-        .execute(&mut **tx)
-        .await?;
+        insert_extent(tx, &commit.object_key, e).await?;
     }
     for p in &commit.producers {
         let state =
@@ -954,6 +985,32 @@ fn state_from_row(tp: TopicPartition, row: &AnyRow) -> Result<PartitionState, Ca
         log_start_offset: Offset(row.try_get("log_start_offset")?),
         epoch: Epoch(row.try_get("owner_epoch")?),
     })
+}
+
+/// Inserts one extent of object `object_key`.
+async fn insert_extent(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    object_key: &str,
+    e: &ExtentMeta,
+) -> Result<(), CatalogError> {
+    sqlx::query(concat!(
+        "INSERT INTO extents (",
+        extent_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    ))
+    .bind(e.tp.topic.to_string())
+    .bind(e.tp.partition.0)
+    .bind(e.base_offset.0)
+    .bind(e.last_offset.0)
+    .bind(object_key)
+    .bind(e.byte_start as i64)
+    .bind(e.byte_len as i64)
+    .bind(e.min_timestamp)
+    .bind(e.max_timestamp)
+    .bind(e.record_count)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn insert_partitions(
