@@ -204,6 +204,16 @@ impl Broker {
     }
 
     /// Peak resident memory of the current broker process, from the kernel.
+    /// The value of an unlabelled counter or gauge in `/metrics` (0 when absent).
+    pub fn metric(&self, name: &str) -> Result<f64> {
+        let text = self.get("/metrics")?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .find_map(|v| v.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
     pub fn peak_rss(&self) -> Option<u64> {
         let pid = self.child.as_ref()?.id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -4,7 +4,7 @@
 //! object-store calls made during that phase and the broker's peak memory so far.
 
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,6 +19,35 @@ const GIB: f64 = (1u64 << 30) as f64;
 
 /// The simulated object-store latency of W4, as the broker's flag takes it.
 const W4_LATENCY: &str = "put=100:200,get=20:60";
+
+/// Broker flags for the replay workloads: compact each second, with no minimum age.
+const COMPACT_AT_ONCE: [&str; 4] = [
+    "--compaction-interval-ms",
+    "1000",
+    "--compaction-min-age-ms",
+    "0",
+];
+
+/// Compaction is settled when its counter has not moved for this long.
+const COMPACTION_QUIET: Duration = Duration::from_secs(3);
+
+/// Waits (at most two minutes) until the broker's compaction has caught up with what was
+/// written; returns how long that took, and how many compactions ran.
+fn settle_compaction(broker: &Broker) -> Result<(f64, f64)> {
+    let started = Instant::now();
+    let mut last = broker.metric("strata_compactions_total")?;
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < COMPACTION_QUIET && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = broker.metric("strata_compactions_total")?;
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    let busy = (started.elapsed() - COMPACTION_QUIET.min(started.elapsed())).as_secs_f64();
+    Ok((busy, last))
+}
 
 /// The broker under test: one this tool started, or one given by `--bootstrap`.
 struct Target {
@@ -219,6 +248,11 @@ fn replay(
     write.latency_ms = Percentiles::of(&written.latency);
     target.finish(&mut write, before)?;
     if let Some(b) = target.broker.as_mut() {
+        let pb = bar(None, &format!("{name}: compaction settling"));
+        let (seconds, compactions) = settle_compaction(b)?;
+        pb.finish_and_clear();
+        write.extra.insert("compaction_seconds".into(), seconds);
+        write.extra.insert("compactions".into(), compactions);
         b.restart(true)?;
     }
     let before = target.counts()?;
@@ -325,6 +359,9 @@ pub fn run(args: &RunArgs, stop: &AtomicBool) -> Result<Vec<Report>> {
     let topic = topic_name(&name);
     let extra: &[&str] = match args.workload {
         Workload::W4 => &["--simulate-object-store-latency", W4_LATENCY],
+        // Replays read history as it is after compaction (months-old data always is):
+        // compaction starts as soon as data is written instead of after a minute.
+        Workload::W3 | Workload::W5 | Workload::W6 => &COMPACT_AT_ONCE,
         _ => &[],
     };
     if args.workload == Workload::W2 && args.bootstrap.is_some() {
