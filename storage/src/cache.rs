@@ -18,8 +18,9 @@ use thiserror::Error;
 use crate::catalog::Extent;
 
 /// Largest extent the disk layer stores; larger ones live only in memory. Also the disk
-/// layer's block size.
-const DISK_BLOCK: usize = 16 << 20;
+/// layer's block size. Compacted extents are at most 1.5 times the compaction target
+/// (16 MiB by default), so they fit.
+const DISK_BLOCK: usize = 32 << 20;
 
 /// Why the cache could not be opened.
 #[derive(Debug, Error)]
