@@ -47,6 +47,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import random
+import re
 import signal
 import struct
 import threading
@@ -1261,3 +1262,26 @@ def test_consumer_fetches_from_its_zone(cluster):
     assert delta[zone_a.name] <= 3 and delta[zone_a.name] < delta[zone_b.name], (
         f"the zone-a owner answered {delta[zone_a.name]:.0f} Fetch requests of a rack-b consumer "
         f"(zone-b broker: {delta[zone_b.name]:.0f}): it kept fetching across zones")
+
+
+def test_cluster_info_shows_brokers_zones_heartbeats_owners_and_epochs(cluster):
+    """`strata cluster info`, asked of one broker over QUIC, lists every broker with its zone
+    and a fresh heartbeat, and every partition with its owner (the same as Kafka metadata)
+    and an epoch of at least 1 (it was claimed)."""
+    from strata_cli import has_word, lines_with, strata
+
+    partitions = 8
+    topic, own = fresh_cluster(cluster, 2, partitions=partitions, zones=["zone-a", "zone-b"],
+                               prefix="info")
+    out = strata(cluster.brokers[0], "cluster", "info").stdout
+    for b in cluster.brokers:
+        node = str(cluster.node_id(b))
+        rows = [r for r in lines_with(out, node) if has_word(r, cluster.zones[b.name])]
+        assert rows, f"no row for broker {node} with zone {cluster.zones[b.name]}:\n{out}"
+        assert any(re.search(r"\d+\.\d s ago", r) for r in rows), f"no heartbeat age:\n{out}"
+    for p, owner in own.owners.items():
+        rows = [r for r in lines_with(out, topic, str(p)) if has_word(r, str(cluster.node_id(owner)))]
+        assert rows, f"partition {p} not shown owned by {cluster.node_id(owner)}:\n{out}"
+        epoch = int(rows[0].split()[-1].strip("|│ "))
+        assert epoch >= 1, f"partition {p} epoch {epoch}:\n{out}"
+    assert f"2 brokers" in out, out
