@@ -1,8 +1,8 @@
 //! The storage engine: partition logs from append to object store and back.
 //!
 //! [`Engine`] ties the parts together for one broker. An append takes a partition's next
-//! offsets, goes to the [`Wal`] and into the pending buffer, all under one lock so that WAL
-//! order, buffer order and offset order agree. The [flusher](crate::flush) turns the buffer
+//! offsets, goes to the [`Wal`] (at `acks=1`, the only level that needs it) and into the
+//! pending buffer, all under one lock so that WAL order, buffer order and offset order agree. The [flusher](crate::flush) turns the buffer
 //! into one segment object per interval, commits it to the [`Catalog`] and only then lets
 //! `acks=all` appends return and consumers see the data. [Reads](crate::fetch) serve
 //! committed batches from the [`ReadCache`] or the object store.
@@ -10,7 +10,8 @@
 //! Ack levels, as promised to clients:
 //! - [`Acks::None`]: the append is in memory; a crash may lose it.
 //! - [`Acks::Wal`]: the append is in the local WAL (`fdatasync`ed); it survives a crash of the
-//!   process and is flushed after restart from the same disk.
+//!   process and is flushed after restart from the same disk — appended again at the end of
+//!   the log if another broker owned the partition meanwhile and wrote past it.
 //! - [`Acks::All`]: the append is in the object store and the catalog; it survives the loss of
 //!   the machine.
 
