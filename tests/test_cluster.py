@@ -1273,7 +1273,15 @@ def test_cluster_info_shows_brokers_zones_heartbeats_owners_and_epochs(cluster):
     partitions = 8
     topic, own = fresh_cluster(cluster, 2, partitions=partitions, zones=["zone-a", "zone-b"],
                                prefix="info")
-    out = strata(cluster.brokers[0], "cluster", "info").stdout
+    # Other brokers' claims show from the answering broker's next heartbeat on.
+    def claimed_everywhere() -> str | None:
+        text = strata(cluster.brokers[0], "cluster", "info").stdout
+        rows = lines_with(text, topic)
+        epochs = [int(r.split()[-1].strip("|│ ")) for r in rows]
+        return text if len(rows) == partitions and min(epochs) >= 1 else None
+
+    out = wait_until(claimed_everywhere, 15, "every partition shown claimed (epoch >= 1)",
+                     interval=0.3)
     for b in cluster.brokers:
         node = str(cluster.node_id(b))
         rows = [r for r in lines_with(out, node) if has_word(r, cluster.zones[b.name])]

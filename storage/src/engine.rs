@@ -530,6 +530,11 @@ impl Engine {
         self.lock().partitions.contains_key(&tp)
     }
 
+    /// The epoch under which this engine owns `tp`, if it does.
+    pub fn epoch(&self, tp: TopicPartition) -> Option<Epoch> {
+        self.lock().partitions.get(&tp).map(|l| l.epoch)
+    }
+
     /// Hands partitions over: refuses new appends to them, waits (until `deadline`) for what
     /// was accepted to commit, releases them in the catalog and forgets them. Partitions whose
     /// data did not commit in time are kept (and reopened) for a later attempt. Returns the

@@ -41,7 +41,13 @@ fn topic_info(broker: &Broker, t: &Topic) -> TopicInfo {
                 PartitionInfo {
                     partition,
                     leader: broker.membership().leader(tp),
-                    epoch: owners.get(&tp).map_or(0, |o| o.epoch.0),
+                    // Our own partitions' epochs are current; others' are as of the last
+                    // heartbeat.
+                    epoch: broker
+                        .engine()
+                        .epoch(tp)
+                        .or_else(|| owners.get(&tp).map(|o| o.epoch))
+                        .map_or(0, |e| e.0),
                 }
             })
             .collect(),
