@@ -139,8 +139,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let membership = Arc::new(Membership::new(
         Member {
             node_id,
-            kafka: advertised_kafka.clone(),
-            quic: advertised_quic.clone(),
+            kafka: advertised_kafka,
+            quic: advertised_quic,
             http: args.http_addr.to_string(),
             zone: args.zone.clone(),
             heartbeat_ms: 0,
@@ -152,10 +152,6 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         engine.clone(),
         BrokerConfig {
             node_id,
-            advertised_kafka,
-            advertised_quic,
-            advertised_http: args.http_addr.to_string(),
-            zone: args.zone.clone(),
             auto_create_topics: args.auto_create_topics,
             default_partitions: args.default_partitions.max(1),
             topic_defaults: TopicDefaults {

@@ -69,19 +69,12 @@ pub fn produce_timeout(ms: i64) -> Duration {
     }
 }
 
-/// Broker-wide settings the core needs.
+/// Broker-wide settings the core needs. How clients reach this broker (its advertised
+/// addresses and zone) lives in its [`Membership`], which tells every broker's.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     /// This broker's node id.
     pub node_id: i32,
-    /// Host and port Kafka clients are told to connect to.
-    pub advertised_kafka: (String, u16),
-    /// `host:port` native (QUIC) clients are told to connect to.
-    pub advertised_quic: String,
-    /// `host:port` of the HTTP front end.
-    pub advertised_http: String,
-    /// The broker's zone (rack).
-    pub zone: Option<String>,
     /// Create unknown topics on first use (Kafka's `auto.create.topics.enable`).
     pub auto_create_topics: bool,
     /// Partitions of an auto-created topic.
