@@ -194,6 +194,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         },
         stopped.clone(),
     ));
+    let txn_task = tokio::spawn(transaction_timer(broker.clone(), stopped.clone()));
     let quic_task = tokio::spawn(crate::quic::serve(
         quic,
         broker.clone(),
@@ -224,6 +225,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let _ = quic_task.await;
     let _ = retention_task.await;
     let _ = compaction_task.await;
+    let _ = txn_task.await;
     engine.shutdown().await;
     cache.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
@@ -280,6 +282,25 @@ async fn compaction(
             _ = tick.tick() => {
                 // A pass runs to its end (each step bounded) so a stop never cuts a rewrite.
                 broker.compact(policy).await;
+            }
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// How often the transaction timer looks for transactions past their timeout.
+const TRANSACTION_CHECK: Duration = Duration::from_secs(1);
+
+/// Aborts transactions that ran past their `transaction.timeout.ms`, and finishes those a
+/// crash left half-ended, every [`TRANSACTION_CHECK`] until the broker stops (see
+/// [`Broker::expire_transactions`]).
+async fn transaction_timer(broker: Broker, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TRANSACTION_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                broker.expire_transactions().await;
             }
             _ = stopped.changed() => return,
         }

@@ -34,6 +34,7 @@ const LOG_OVERHEAD: usize = 12;
 const CRC_START: usize = 21;
 const ATTR_COMPRESSION_MASK: i16 = 0x07;
 const ATTR_CONTROL: i16 = 0x20;
+const ATTR_TRANSACTIONAL: i16 = 0x10;
 
 /// The compression codec a batch's records are stored with (attributes bits 0–2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,7 +324,85 @@ impl Batch {
 
     /// Whether the batch is part of a transaction.
     pub fn is_transactional(&self) -> bool {
-        self.attributes() & 0x10 != 0
+        self.attributes() & ATTR_TRANSACTIONAL != 0
+    }
+
+    /// Whether the batch is a control batch (a transaction marker).
+    pub fn is_control(&self) -> bool {
+        self.attributes() & ATTR_CONTROL != 0
+    }
+
+    /// A transaction marker: the control batch that ends `producer_id`'s transaction on a
+    /// partition, committing it (`commit`) or aborting it. One control record whose key is
+    /// `(version 0, type)` (type 1 commit, 0 abort) and whose value is `(version 0,
+    /// coordinator epoch)`, as Kafka writes it.
+    pub fn marker(
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+        timestamp: i64,
+    ) -> Batch {
+        let mut key = Vec::with_capacity(4);
+        key.extend_from_slice(&0i16.to_be_bytes());
+        key.extend_from_slice(&i16::from(commit).to_be_bytes());
+        let mut value = Vec::with_capacity(6);
+        value.extend_from_slice(&0i16.to_be_bytes());
+        value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+        let mut record = vec![0u8]; // record attributes
+        write_varint(&mut record, 0); // timestamp delta
+        write_varint(&mut record, 0); // offset delta
+        write_varint(&mut record, key.len() as i64);
+        record.extend_from_slice(&key);
+        write_varint(&mut record, value.len() as i64);
+        record.extend_from_slice(&value);
+        write_varint(&mut record, 0); // no headers
+        let mut b = Vec::with_capacity(HEADER_LEN + record.len() + 2);
+        b.extend_from_slice(&0i64.to_be_bytes());
+        b.extend_from_slice(&[0; 4]); // batch length, below
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        b.push(2);
+        b.extend_from_slice(&[0; 4]); // CRC, below
+        b.extend_from_slice(&(ATTR_TRANSACTIONAL | ATTR_CONTROL).to_be_bytes());
+        b.extend_from_slice(&0i32.to_be_bytes()); // last offset delta
+        b.extend_from_slice(&timestamp.to_be_bytes());
+        b.extend_from_slice(&timestamp.to_be_bytes());
+        b.extend_from_slice(&producer_id.to_be_bytes());
+        b.extend_from_slice(&producer_epoch.to_be_bytes());
+        b.extend_from_slice(&(-1i32).to_be_bytes()); // no sequence
+        b.extend_from_slice(&1i32.to_be_bytes()); // one record
+        write_varint(&mut b, record.len() as i64);
+        b.extend_from_slice(&record);
+        let len = (b.len() - LOG_OVERHEAD) as i32;
+        b[8..12].copy_from_slice(&len.to_be_bytes());
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        Batch {
+            bytes: Bytes::from(b),
+        }
+    }
+
+    /// For a transaction marker, whether it commits (`Some(true)`) or aborts (`Some(false)`);
+    /// `None` for any other batch. Markers are written uncompressed by the broker itself.
+    pub fn marker_commits(&self) -> Option<bool> {
+        if !self.is_control() || self.compression() != Compression::None {
+            return None;
+        }
+        let mut at = HEADER_LEN;
+        let skip_varint = |at: &mut usize| -> Option<i64> {
+            let (v, used) = read_varint(self.bytes.get(*at..)?)?;
+            *at += used;
+            Some(v)
+        };
+        skip_varint(&mut at)?; // record length
+        at += 1; // record attributes
+        skip_varint(&mut at)?; // timestamp delta
+        skip_varint(&mut at)?; // offset delta
+        let key_len = skip_varint(&mut at)?;
+        if key_len < 4 || self.bytes.len() < at + 4 {
+            return None;
+        }
+        Some(be_i16(&self.bytes, at + 2) == 1)
     }
 
     /// Recompresses an uncompressed batch with zstd at `level`, keeping every header field
@@ -352,6 +431,20 @@ impl Batch {
         Batch {
             bytes: out.freeze(),
         }
+    }
+}
+
+/// Appends `v` as a zig-zag varint, as record fields are encoded.
+fn write_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        let b = (z & 0x7f) as u8;
+        z >>= 7;
+        if z == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
     }
 }
 
@@ -462,19 +555,6 @@ pub fn stored_batches(bytes: &[u8]) -> impl Iterator<Item = (usize, usize, i64)>
 pub(crate) mod tests {
     use super::*;
 
-    fn write_varint(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        loop {
-            let b = (z & 0x7f) as u8;
-            z >>= 7;
-            if z == 0 {
-                out.push(b);
-                break;
-            }
-            out.push(b | 0x80);
-        }
-    }
-
     /// Builds a valid uncompressed batch of `values`, as a producer would.
     pub(crate) fn make_batch(values: &[&[u8]], timestamp: i64) -> Bytes {
         let mut records = Vec::new();
@@ -556,6 +636,28 @@ pub(crate) mod tests {
         assert!(z.len() < before / 2);
         Batch::from_stored(z.bytes().clone()).unwrap();
         assert_eq!(z.offset_count(), 2);
+    }
+
+    #[test]
+    fn markers_are_valid_control_batches() {
+        for commit in [true, false] {
+            let m = Batch::marker(42, 3, commit, 0, 1000);
+            let stored = Batch::from_stored(m.bytes().clone()).unwrap();
+            assert!(stored.is_control() && stored.is_transactional());
+            assert_eq!(stored.marker_commits(), Some(commit));
+            assert_eq!((stored.producer_id(), stored.producer_epoch()), (42, 3));
+            assert_eq!(stored.offset_count(), 1);
+            // Clients may not write them.
+            assert_eq!(
+                Batch::parse_all(m.bytes().clone(), 1 << 20),
+                Err(BatchError::ControlBatch)
+            );
+        }
+        let data = Batch::parse_all(make_batch(&[b"x"], 1), 1 << 20).unwrap();
+        assert_eq!(data[0].marker_commits(), None);
+        let mut v = Vec::new();
+        write_varint(&mut v, -300);
+        assert_eq!(read_varint(&v), Some((-300, 2)));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::catalog::{Catalog, CatalogError, Extent, PartitionState};
 use crate::metrics::metrics;
 use crate::objects::ObjectStorage;
 use crate::producers::{ProducerEntry, SequenceError, Verdict, producer_of};
+use crate::txn::{AbortedTxn, TxnIndex};
 use crate::types::{Epoch, Offset, TopicPartition};
 use crate::wal::{Wal, WalEntry, WalError};
 
@@ -151,6 +152,9 @@ pub(crate) struct PartitionLog {
     /// The partition is being handed over: appends are refused while what was accepted
     /// flushes.
     pub closing: bool,
+    /// Open and aborted transactions: what the last stable offset and `read_committed`
+    /// reads need.
+    pub txns: TxnIndex,
 }
 
 impl PartitionLog {
@@ -162,6 +166,7 @@ impl PartitionLog {
             hwm: watch::channel(s.high_watermark).0,
             tail: VecDeque::new(),
             closing: false,
+            txns: TxnIndex::default(),
         }
     }
 }
@@ -352,6 +357,15 @@ impl Engine {
     async fn install(&self, states: Vec<PartitionState>) -> Result<(), EngineError> {
         let tps: Vec<TopicPartition> = states.iter().map(|s| s.tp).collect();
         let producers = self.inner.catalog.producer_states(&tps).await?;
+        let mut aborted = HashMap::new();
+        for s in &states {
+            let list = self
+                .inner
+                .catalog
+                .aborted_txns(s.tp, s.log_start_offset)
+                .await?;
+            aborted.insert(s.tp, list);
+        }
         {
             let mut committed = self
                 .inner
@@ -367,11 +381,21 @@ impl Engine {
         {
             let mut state = self.lock();
             state.producers.retain(|(tp, _), _| !tps.contains(tp));
+            for s in &states {
+                let mut log = PartitionLog::new(s);
+                log.txns
+                    .load_aborted(aborted.remove(&s.tp).unwrap_or_default());
+                state.partitions.insert(s.tp, log);
+            }
             for p in producers {
+                if let Some(first) = p.entry.txn_first
+                    && let Some(log) = state.partitions.get_mut(&p.tp)
+                {
+                    log.txns.begin(p.producer_id, Offset(first));
+                }
                 state.producers.insert((p.tp, p.producer_id), p.entry);
             }
             for s in &states {
-                state.partitions.insert(s.tp, PartitionLog::new(s));
                 if let Some(mut entries) = state.recovered.remove(&s.tp) {
                     entries.sort_by_key(|e| e.base_offset);
                     unsure.extend(self.replay(&mut state, s.tp, entries));
@@ -412,13 +436,14 @@ impl Engine {
             let next = base_offset.plus(batch.offset_count());
             log.next_offset = next;
             if let Some((pid, epoch, first, last)) = producer_of(&batch) {
-                state.producers.entry((tp, pid)).or_default().record(
-                    epoch,
-                    first,
-                    last,
-                    base_offset,
-                    next.plus(-1),
-                );
+                if batch.is_transactional() {
+                    log.txns.begin(pid, base_offset);
+                }
+                let entry = state.producers.entry((tp, pid)).or_default();
+                entry.record(epoch, first, last, base_offset, next.plus(-1));
+                if batch.is_transactional() {
+                    entry.begin_txn(base_offset);
+                }
             }
             state.pending_bytes += batch.len();
             state.pending.push(Pending {
@@ -644,14 +669,16 @@ impl Engine {
             }
         }
         log.next_offset = next;
+        let transactional = batches.iter().any(Batch::is_transactional);
         if let Some((pid, epoch, first, last)) = idempotent {
-            state.producers.entry((tp, pid)).or_default().record(
-                epoch,
-                first,
-                last,
-                base_offset,
-                next.plus(-1),
-            );
+            if transactional {
+                log.txns.begin(pid, base_offset);
+            }
+            let entry = state.producers.entry((tp, pid)).or_default();
+            entry.record(epoch, first, last, base_offset, next.plus(-1));
+            if transactional {
+                entry.begin_txn(base_offset);
+            }
         }
         let mut added = 0;
         for (entry, batch) in entries.into_iter().zip(batches) {
@@ -679,6 +706,97 @@ impl Engine {
             self.inner.flush_now.notify_one();
         }
         Ok(Appended { base_offset, wait })
+    }
+
+    /// Appends the marker that ends `producer_id`'s transaction on `tp` (commit or abort),
+    /// written under the coordinator's current `epoch`. Returns `None` when the producer has
+    /// no transaction awaiting a marker here (it was written already: the coordinator may
+    /// retry), else the append, durable once the marker is in the object store.
+    pub fn append_marker(
+        &self,
+        tp: TopicPartition,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        timestamp: i64,
+    ) -> Result<Option<Appended>, EngineError> {
+        let mut state = self.lock();
+        if state.lease_until.is_some_and(|t| Instant::now() > t) {
+            return Err(EngineError::NotOwner(tp));
+        }
+        if let Some(current) = state.producers.get(&(tp, producer_id)).map(|e| e.epoch)
+            && current > epoch
+        {
+            return Err(SequenceError::InvalidEpoch {
+                current,
+                got: epoch,
+            }
+            .into());
+        }
+        let log = state
+            .partitions
+            .get_mut(&tp)
+            .filter(|l| !l.closing)
+            .ok_or(EngineError::NotOwner(tp))?;
+        if log.txns.awaiting_marker(producer_id).is_none() {
+            return Ok(None);
+        }
+        let batch = Batch::marker(producer_id, epoch, commit, 0, timestamp);
+        let base_offset = log.next_offset;
+        log.next_offset = base_offset.plus(1);
+        log.txns.end(producer_id, base_offset);
+        state
+            .producers
+            .entry((tp, producer_id))
+            .or_default()
+            .end_txn(epoch);
+        state.pending_bytes += batch.len();
+        state.pending.push(Pending {
+            tp,
+            base_offset,
+            batch,
+            acked_early: false,
+        });
+        let (tx, rx) = oneshot::channel();
+        state.waiters.push((tp, tx));
+        self.inner.flush_now.notify_one();
+        Ok(Some(Appended {
+            base_offset,
+            wait: AppendWait::Flush(rx),
+        }))
+    }
+
+    /// The last stable offset of `tp` (how far `read_committed` consumers may read) and the
+    /// aborted transactions that overlap `[from, lso)`. From memory when this broker owns the
+    /// partition; else from the catalog's committed producer state.
+    pub async fn stable_view(
+        &self,
+        tp: TopicPartition,
+        from: Offset,
+    ) -> Result<(Offset, Vec<AbortedTxn>), EngineError> {
+        if let Some(log) = self.lock().partitions.get(&tp) {
+            let lso = log.txns.last_stable(*log.hwm.borrow());
+            return Ok((lso, log.txns.aborted_between(from, lso)));
+        }
+        let (_, hwm) = self.offsets(tp).await?;
+        let lso = self
+            .inner
+            .catalog
+            .producer_states(&[tp])
+            .await?
+            .iter()
+            .filter_map(|p| p.entry.txn_first.map(Offset))
+            .fold(hwm, Offset::min);
+        let aborted = self.inner.catalog.aborted_txns(tp, from).await?;
+        Ok((lso, crate::txn::overlapping(&aborted, from, lso)))
+    }
+
+    /// The first offset of each producer's open transaction on `tp` (DescribeProducers).
+    pub fn open_transaction(&self, tp: TopicPartition, producer_id: i64) -> Option<Offset> {
+        self.lock()
+            .partitions
+            .get(&tp)
+            .and_then(|l| l.txns.open_first(producer_id))
     }
 
     /// The answer to a retried idempotent batch: its original offsets, once the original is

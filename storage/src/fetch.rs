@@ -41,6 +41,19 @@ impl Engine {
         offset: Offset,
         max_bytes: usize,
     ) -> Result<ReadResult, EngineError> {
+        self.read_below(tp, offset, max_bytes, None).await
+    }
+
+    /// [`Engine::read`], stopping before `end` when given: a `read_committed` reader passes
+    /// the last stable offset (see [`Engine::stable_view`]), which always falls on a batch
+    /// boundary.
+    pub async fn read_below(
+        &self,
+        tp: TopicPartition,
+        offset: Offset,
+        max_bytes: usize,
+        end: Option<Offset>,
+    ) -> Result<ReadResult, EngineError> {
         let (log_start, high_watermark) = self.offsets(tp).await?;
         if offset < log_start || offset > high_watermark {
             return Err(EngineError::OffsetOutOfRange {
@@ -50,21 +63,25 @@ impl Engine {
                 high_watermark,
             });
         }
+        let stop = end.map_or(high_watermark, |e| e.min(high_watermark));
         let mut out = BytesMut::new();
         let mut next = offset;
-        'extents: while next < high_watermark && out.len() < max_bytes {
+        'extents: while next < stop && out.len() < max_bytes {
             let extents = self.extents_from(tp, next).await?;
             if extents.is_empty() {
                 break;
             }
             for extent in extents {
-                if extent.meta.base_offset >= high_watermark {
+                if extent.meta.base_offset >= stop {
                     break 'extents;
                 }
                 let data = self.extent_bytes(&extent).await?;
                 let mut batch_offset = extent.meta.base_offset;
                 for (start, size, count) in batch::stored_batches(&data) {
                     let last = batch_offset.plus(count - 1);
+                    if batch_offset >= stop {
+                        break 'extents;
+                    }
                     if last >= next {
                         if !out.is_empty() && out.len() + size > max_bytes {
                             break 'extents;

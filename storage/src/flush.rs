@@ -30,6 +30,7 @@ use crate::engine::{Engine, FlushFailure, FlushWaiter, Pending};
 use crate::metrics::metrics;
 use crate::producers::{ProducerEntry, producer_of};
 use crate::segment::{self, ExtentMeta, SegmentBuilder};
+use crate::txn::AbortedTxn;
 use crate::types::{Epoch, TopicPartition};
 use crate::wal::WalEntry;
 
@@ -171,7 +172,7 @@ fn prepare(engine: &Engine) -> Option<Prepared> {
     {
         builder.add(p.tp, p.base_offset, &p.batch);
     }
-    let producers = producer_updates(engine, &taken.pending, &taken.epochs);
+    let (producers, aborted) = producer_updates(engine, &taken.pending, &taken.epochs);
     let acked_early = taken
         .pending
         .iter()
@@ -191,6 +192,7 @@ fn prepare(engine: &Engine) -> Option<Prepared> {
             object_size: object.len() as u64,
             extents: metas.iter().map(|m| (*m, taken.epochs[&m.tp])).collect(),
             producers,
+            aborted,
         };
         let put = tokio::spawn(put_until_stored(
             engine.clone(),
@@ -354,6 +356,7 @@ async fn commit_with_retries(
                 for c in commits.iter_mut() {
                     c.extents.retain(|(e, _)| e.tp != tp);
                     c.producers.retain(|p| p.tp != tp);
+                    c.aborted.retain(|(t, _)| *t != tp);
                 }
             }
             Err(e) => return Err(e),
@@ -407,7 +410,7 @@ fn publish_segment(engine: &Engine, segment: &Segment, fenced: &HashSet<TopicPar
             Bytes::copy_from_slice(&segment.object[start..start + e.meta.byte_len as usize]);
         engine.inner.cache.insert(e, bytes);
     }
-    publish(engine, &extents);
+    publish(engine, &extents, &segment.commit.aborted);
 }
 
 impl Prepared {
@@ -443,50 +446,84 @@ impl Prepared {
 /// exactly the batches being flushed (never by later ones still in the buffer, which a crash
 /// could lose while their sequence numbers stayed recorded). Flushes commit in the order they
 /// are prepared, so advancing the view here, before the commit, keeps it in step.
+///
+/// Transactions advance the same way: a transactional batch opens its producer's transaction
+/// on the partition, a marker ends it, and an abort marker yields the [`AbortedTxn`] entry
+/// committed with it.
 fn producer_updates(
     engine: &Engine,
     pending: &[Pending],
     epochs: &HashMap<TopicPartition, Epoch>,
-) -> Vec<ProducerState> {
+) -> (Vec<ProducerState>, Vec<(TopicPartition, AbortedTxn)>) {
     let mut flushed = engine
         .inner
         .committed_producers
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     let mut updated: HashMap<(TopicPartition, i64), ProducerEntry> = HashMap::new();
+    let mut aborted = Vec::new();
     for p in pending.iter().filter(|p| epochs.contains_key(&p.tp)) {
-        if let Some((pid, epoch, first, last)) = producer_of(&p.batch) {
-            let entry = updated
-                .entry((p.tp, pid))
-                .or_insert_with(|| flushed.get(&(p.tp, pid)).cloned().unwrap_or_default());
+        let pid = p.batch.producer_id();
+        if pid < 0 {
+            continue;
+        }
+        let entry = updated
+            .entry((p.tp, pid))
+            .or_insert_with(|| flushed.get(&(p.tp, pid)).cloned().unwrap_or_default());
+        if let Some(commit) = p.batch.marker_commits() {
+            if let Some(first) = entry.end_txn(p.batch.producer_epoch())
+                && !commit
+            {
+                aborted.push((
+                    p.tp,
+                    AbortedTxn {
+                        producer_id: pid,
+                        first_offset: first,
+                        last_offset: p.base_offset,
+                    },
+                ));
+            }
+        } else if let Some((_, epoch, first, last)) = producer_of(&p.batch) {
             let last_offset = p.base_offset.plus(p.batch.offset_count() - 1);
             entry.record(epoch, first, last, p.base_offset, last_offset);
+            if p.batch.is_transactional() {
+                entry.begin_txn(p.base_offset);
+            }
         }
     }
     for (key, entry) in &updated {
         flushed.insert(*key, entry.clone());
     }
-    updated
+    let states = updated
         .into_iter()
         .map(|((tp, producer_id), entry)| ProducerState {
             tp,
             producer_id,
             entry,
         })
-        .collect()
+        .collect();
+    (states, aborted)
 }
 
-/// Makes committed extents visible: tail index and high watermark of each partition.
-fn publish(engine: &Engine, extents: &[Extent]) {
+/// Makes committed extents visible: tail index, transactions settled by the commit, and the
+/// high watermark of each partition.
+fn publish(engine: &Engine, extents: &[Extent], aborted: &[(TopicPartition, AbortedTxn)]) {
     let mut state = engine.lock();
     for e in extents {
-        let Some(log) = state.partitions.get_mut(&e.meta.tp) else {
+        let tp = e.meta.tp;
+        let Some(log) = state.partitions.get_mut(&tp) else {
             continue;
         };
         log.tail.push_back(e.clone());
         if log.tail.len() > crate::engine::TAIL_EXTENTS {
             log.tail.pop_front();
         }
-        log.hwm.send_replace(e.meta.last_offset.plus(1));
+        let hwm = e.meta.last_offset.plus(1);
+        let settled = aborted
+            .iter()
+            .filter(|(t, a)| *t == tp && a.last_offset < hwm)
+            .map(|(_, a)| *a);
+        log.txns.settle(hwm, settled);
+        log.hwm.send_replace(hwm);
     }
 }

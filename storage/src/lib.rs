@@ -12,6 +12,7 @@
 //! - [`compaction`]: a partition's small extents rewritten as large per-partition objects;
 //! - [`retention`]: how far `retention.ms`/`retention.bytes` move a partition's log start,
 //!   and garbage collection of dead and orphaned objects;
+//! - [`txn`]: transactions as a partition sees them (last stable offset, aborted ranges);
 //! - [`metrics`]: counters for all of the above.
 
 pub mod batch;
@@ -28,6 +29,7 @@ pub mod records;
 pub mod retention;
 pub mod segment;
 pub mod simulate;
+pub mod txn;
 pub mod types;
 pub mod wal;
 

@@ -46,6 +46,11 @@ pub struct ProducerEntry {
     pub epoch: i16,
     /// The most recent batches, oldest first.
     pub batches: VecDeque<SeqBatch>,
+    /// The first offset of the producer's transaction on this partition while one is open
+    /// (from its first transactional batch until its marker): what rebuilds the last stable
+    /// offset after a restart or a move. Absent in state written before transactions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn_first: Option<i64>,
 }
 
 /// Why an idempotent batch was refused.
@@ -154,6 +159,24 @@ impl ProducerEntry {
         while self.batches.len() > CACHED_BATCHES {
             self.batches.pop_front();
         }
+    }
+}
+
+impl ProducerEntry {
+    /// Notes a transactional batch at `offset`: it opens a transaction unless one is open.
+    pub fn begin_txn(&mut self, offset: Offset) {
+        self.txn_first.get_or_insert(offset.0);
+    }
+
+    /// Notes the marker that ends the open transaction, written under `epoch` (the
+    /// coordinator's current one: a bump fences the older instance's batches here too).
+    /// Returns the first offset of the transaction it ended, if one was open.
+    pub fn end_txn(&mut self, epoch: i16) -> Option<Offset> {
+        if epoch > self.epoch {
+            self.epoch = epoch;
+            self.batches.clear();
+        }
+        self.txn_first.take().map(Offset)
     }
 }
 

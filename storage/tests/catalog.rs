@@ -34,6 +34,7 @@ fn commit(key: &str, extents: &[(ExtentMeta, Epoch)]) -> FlushCommit {
         object_size: 100,
         extents: extents.to_vec(),
         producers: Vec::new(),
+        aborted: Vec::new(),
     }
 }
 

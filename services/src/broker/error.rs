@@ -133,6 +133,32 @@ pub enum BrokerError {
     /// A static member (`group.instance.id`) replaced by a newer instance with the same id.
     #[error("instance '{0}' was fenced by a newer member with the same group.instance.id")]
     FencedInstanceId(String),
+    /// A transactional request named a producer id its transactional id is not mapped to
+    /// (or a transactional id never initialised).
+    #[error("{0}")]
+    InvalidProducerIdMapping(String),
+    /// A newer producer instance with the same transactional id took over (its
+    /// InitProducerId bumped the epoch), or the broker aborted the transaction on timeout.
+    #[error("{0}")]
+    ProducerFenced(String),
+    /// A transactional request that makes no sense in the transaction's state (ending a
+    /// transaction that never began, committing one that was aborted).
+    #[error("{0}")]
+    InvalidTxnState(String),
+    /// The transaction is completing (markers are being written): retry shortly.
+    #[error("{0}")]
+    ConcurrentTransactions(String),
+    /// `transaction.timeout.ms` outside what the broker allows.
+    #[error("transaction timeout {got} ms is outside [1, {max}] ms (transaction.max.timeout.ms)")]
+    InvalidTransactionTimeout {
+        /// What the producer asked for.
+        got: i64,
+        /// The largest allowed.
+        max: i64,
+    },
+    /// No transactional id of that name.
+    #[error("transactional id '{0}' does not exist")]
+    TransactionalIdNotFound(String),
 }
 
 impl From<BatchError> for BrokerError {

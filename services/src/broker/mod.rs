@@ -7,6 +7,7 @@
 mod error;
 pub mod groups;
 pub mod topics;
+pub mod txn;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -115,6 +116,8 @@ pub enum OffsetSpec {
     Earliest,
     /// The high watermark.
     Latest,
+    /// The last stable offset: the end of what `read_committed` consumers can read.
+    LastStable,
     /// The first record at or after this timestamp (ms).
     Timestamp(i64),
     /// The first record with the largest timestamp (KIP-734).
@@ -130,6 +133,8 @@ pub struct Broker {
     topics: Arc<RwLock<HashMap<String, Arc<Topic>>>>,
     groups: groups::Coordinator,
     membership: Arc<Membership>,
+    /// Serialises the requests of each transactional id (see [`txn`]).
+    txn_locks: Arc<txn::TxnLocks>,
 }
 
 impl Broker {
@@ -150,6 +155,7 @@ impl Broker {
             topics: Arc::new(RwLock::new(HashMap::new())),
             groups,
             membership,
+            txn_locks: Arc::default(),
         };
         for meta in broker.catalog.list_topics().await? {
             broker.remember(meta);
@@ -567,18 +573,27 @@ impl Broker {
         Ok(self.engine.offsets(tp).await?)
     }
 
-    /// The idempotent producers writing to a partition: `(producer id, epoch, last sequence)`.
+    /// The idempotent producers writing to a partition: `(producer id, epoch, last sequence,
+    /// first offset of the transaction it holds open or -1)`.
     pub fn active_producers(
         &self,
         topic: &Topic,
         partition: i32,
-    ) -> Result<Vec<(i64, i16, i32)>, BrokerError> {
+    ) -> Result<Vec<(i64, i16, i32, i64)>, BrokerError> {
         let tp = topic.partition(partition)?;
         Ok(self
             .engine
             .active_producers(tp)
             .into_iter()
-            .map(|(pid, e)| (pid, e.epoch, e.batches.back().map_or(-1, |b| b.last_seq)))
+            .map(|(pid, e)| {
+                let txn_start = self.engine.open_transaction(tp, pid).map_or(-1, |o| o.0);
+                (
+                    pid,
+                    e.epoch,
+                    e.batches.back().map_or(-1, |b| b.last_seq),
+                    txn_start,
+                )
+            })
             .collect())
     }
 
@@ -672,6 +687,7 @@ impl Broker {
         Ok(match spec {
             OffsetSpec::Earliest => Some((start, -1)),
             OffsetSpec::Latest => Some((end, -1)),
+            OffsetSpec::LastStable => Some((self.engine.stable_view(tp, start).await?.0, -1)),
             OffsetSpec::Timestamp(ts) => self.engine.offset_for_timestamp(tp, ts).await?,
             OffsetSpec::MaxTimestamp => self.engine.offset_for_max_timestamp(tp).await?,
         })

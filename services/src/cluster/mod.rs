@@ -22,6 +22,7 @@
 //!   partition finds its commit refused, drops the partition and answers its waiting
 //!   producers NOT_LEADER_OR_FOLLOWER, which makes them retry at the new owner.
 
+pub mod peer;
 pub mod reconcile;
 pub mod rendezvous;
 

@@ -37,6 +37,12 @@ pub fn code(e: &BrokerError) -> i16 {
         BrokerError::OutOfOrderSequence(_) => ResponseError::OutOfOrderSequenceNumber,
         BrokerError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch,
         BrokerError::InvalidRecord(_) => ResponseError::InvalidRecord,
+        BrokerError::InvalidProducerIdMapping(_) => ResponseError::InvalidProducerIdMapping,
+        BrokerError::ProducerFenced(_) => ResponseError::ProducerFenced,
+        BrokerError::InvalidTxnState(_) => ResponseError::InvalidTxnState,
+        BrokerError::ConcurrentTransactions(_) => ResponseError::ConcurrentTransactions,
+        BrokerError::InvalidTransactionTimeout { .. } => ResponseError::InvalidTransactionTimeout,
+        BrokerError::TransactionalIdNotFound(_) => ResponseError::TransactionalIdNotFound,
     };
     r.code()
 }

@@ -10,8 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::select_all;
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId};
 use strata_storage::Offset;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -61,6 +63,71 @@ fn preferred_replica(broker: &Broker, topic: &Topic, partition: i32, rack: &str)
         .and_then(|id| id.parse().ok())
 }
 
+/// What one partition's read yields for the response.
+struct Read {
+    records: Bytes,
+    log_start: Offset,
+    high_watermark: Offset,
+    last_stable: Offset,
+    /// Aborted transactions in the range read, for `read_committed` fetches.
+    aborted: Option<Vec<AbortedTransaction>>,
+}
+
+impl Read {
+    fn offsets_only(log_start: Offset, high_watermark: Offset) -> Read {
+        Read {
+            records: Bytes::new(),
+            log_start,
+            high_watermark,
+            last_stable: high_watermark,
+            aborted: None,
+        }
+    }
+}
+
+/// Reads one partition at the request's isolation level: `read_committed` (1) stops at the
+/// last stable offset and lists the aborted transactions the consumer must skip.
+async fn read_partition(
+    broker: &Broker,
+    request: &FetchRequest,
+    topic: &Topic,
+    partition: i32,
+    offset: i64,
+    limit: usize,
+) -> Result<Read, BrokerError> {
+    if request.isolation_level == 1 {
+        let c = broker
+            .fetch_committed(topic, partition, Offset(offset), limit)
+            .await?;
+        let aborted = c
+            .aborted
+            .iter()
+            .map(|a| {
+                AbortedTransaction::default()
+                    .with_producer_id(ProducerId(a.producer_id))
+                    .with_first_offset(a.first_offset.0)
+            })
+            .collect();
+        return Ok(Read {
+            records: c.read.records,
+            log_start: c.read.log_start,
+            high_watermark: c.read.high_watermark,
+            last_stable: c.last_stable,
+            aborted: Some(aborted),
+        });
+    }
+    let r = broker
+        .fetch(topic, partition, Offset(offset), limit)
+        .await?;
+    Ok(Read {
+        records: r.records,
+        log_start: r.log_start,
+        high_watermark: r.high_watermark,
+        last_stable: r.high_watermark,
+        aborted: None,
+    })
+}
+
 async fn read_once(broker: &Broker, request: &FetchRequest) -> Pass {
     let mut total = 0usize;
     let mut failed = false;
@@ -106,20 +173,26 @@ async fn read_once(broker: &Broker, request: &FetchRequest) -> Pass {
                 broker
                     .offsets(topic, p.partition)
                     .await
-                    .map(|(start, end)| (Bytes::new(), start, end))
+                    .map(|(start, end)| Read::offsets_only(start, end))
             } else {
-                broker
-                    .fetch(topic, p.partition, Offset(p.fetch_offset), limit.max(1))
-                    .await
-                    .map(|r| (r.records, r.log_start, r.high_watermark))
+                read_partition(
+                    broker,
+                    request,
+                    topic,
+                    p.partition,
+                    p.fetch_offset,
+                    limit.max(1),
+                )
+                .await
             };
             partitions.push(match result {
-                Ok((records, start, end)) => {
-                    total += records.len();
-                    data.with_high_watermark(end.0)
-                        .with_last_stable_offset(end.0)
-                        .with_log_start_offset(start.0)
-                        .with_records(Some(records))
+                Ok(read) => {
+                    total += read.records.len();
+                    data.with_high_watermark(read.high_watermark.0)
+                        .with_last_stable_offset(read.last_stable.0)
+                        .with_log_start_offset(read.log_start.0)
+                        .with_aborted_transactions(read.aborted)
+                        .with_records(Some(read.records))
                 }
                 Err(e) => {
                     failed = true;

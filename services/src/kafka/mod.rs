@@ -24,6 +24,7 @@ mod metadata;
 mod offsets;
 mod produce;
 mod producers;
+mod txn;
 
 use std::net::SocketAddr;
 use std::sync::LazyLock;
@@ -47,7 +48,8 @@ pub use codec::ConnError;
 ///
 /// Caps below the crate's maxima, and why: Produce ≤ 12 and Fetch ≤ 12 because v13 names
 /// topics only by id; ListOffsets ≤ 7 because v8+ asks for tiered-storage offsets (KIP-405); OffsetCommit
-/// and OffsetFetch ≤ 8 because v9 belongs to the KIP-848 group protocol.
+/// and OffsetFetch ≤ 8 because v9 belongs to the KIP-848 group protocol; AddPartitionsToTxn,
+/// AddOffsetsToTxn, EndTxn and TxnOffsetCommit ≤ 3 because v4+ belong to KIP-890.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 12),
     (ApiKey::Fetch, 4, 12),
@@ -78,6 +80,11 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::WriteTxnMarkers, 1, 1),
 ];
 
 /// Requests in flight per connection before the reader stops taking more (backpressure).
@@ -305,17 +312,37 @@ async fn dispatch(
         ApiKey::DescribeProducers => Reply::Ready(Some(
             producers::describe_producers(broker, req, decode(req, frame)?).await?,
         )),
-        ApiKey::ListTransactions => Reply::Ready(Some(producers::list_transactions(
-            req,
-            decode(req, frame)?,
-        )?)),
-        ApiKey::DescribeTransactions => Reply::Ready(Some(producers::describe_transactions(
-            req,
-            decode(req, frame)?,
-        )?)),
+        ApiKey::ListTransactions => Reply::Ready(Some(
+            producers::list_transactions(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::DescribeTransactions => Reply::Ready(Some(
+            producers::describe_transactions(broker, req, decode(req, frame)?).await?,
+        )),
         ApiKey::InitProducerId => Reply::Ready(Some(
             produce::init_producer_id(broker, req, decode(req, frame)?).await?,
         )),
+        ApiKey::AddPartitionsToTxn => Reply::Ready(Some(
+            txn::add_partitions_to_txn(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::AddOffsetsToTxn => Reply::Ready(Some(
+            txn::add_offsets_to_txn(broker, req, decode(req, frame)?).await?,
+        )),
+        ApiKey::TxnOffsetCommit => Reply::Ready(Some(
+            txn::txn_offset_commit(broker, req, decode(req, frame)?).await?,
+        )),
+        // Ending a transaction waits for its markers to be durable. It runs before the
+        // connection's next request is read, so a producer's next transaction can never
+        // overtake the end of this one.
+        ApiKey::EndTxn => Reply::Ready(Some(txn::end_txn(broker, req, decode(req, frame)?).await?)),
+        ApiKey::WriteTxnMarkers => {
+            let request = decode(req, frame)?;
+            let broker = broker.clone();
+            Reply::Task(tokio::spawn(async move {
+                txn::write_txn_markers(&broker, req, request)
+                    .await
+                    .map(Some)
+            }))
+        }
         ApiKey::FindCoordinator => Reply::Ready(Some(groups::find_coordinator(
             broker,
             req,

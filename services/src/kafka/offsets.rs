@@ -29,6 +29,8 @@ pub async fn list_offsets(
             let answer =
                 ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
             let spec = match p.timestamp {
+                // At read_committed (v2+), "latest" is the last stable offset.
+                LATEST if request.isolation_level == 1 => OffsetSpec::LastStable,
                 LATEST => OffsetSpec::Latest,
                 EARLIEST => OffsetSpec::Earliest,
                 MAX_TIMESTAMP if req.version >= 7 => OffsetSpec::MaxTimestamp,

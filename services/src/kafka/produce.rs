@@ -2,7 +2,6 @@
 
 use bytes::Bytes;
 use futures::future::join_all;
-use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
@@ -83,32 +82,39 @@ pub async fn produce(
     })))
 }
 
-/// InitProducerId for idempotent producers: a fresh producer id. Transactional ids are refused until transactions arrive: a
-/// transactional producer gets a clear error at `init_transactions` rather than a half-working
-/// transaction.
+/// InitProducerId: a fresh producer id for an idempotent producer; for a transactional one
+/// (a `transactional.id`), its id with a bumped epoch from the transaction coordinator.
 pub async fn init_producer_id(
     broker: &Broker,
     req: Req,
     request: InitProducerIdRequest,
 ) -> Result<Bytes, ConnError> {
-    if request
-        .transactional_id
-        .as_ref()
-        .is_some_and(|t| !t.is_empty())
-    {
-        tracing::warn!(peer = %req.peer, "refusing InitProducerId with a transactional id: Strata has no transaction coordinator yet");
-        let body =
-            InitProducerIdResponse::default().with_error_code(ResponseError::InvalidRequest.code());
-        return req.encode(&body);
-    }
-    let body = match broker.init_producer_id().await {
+    let result = match request.transactional_id.as_ref().filter(|t| !t.is_empty()) {
+        Some(id) => {
+            // KIP-360 (v3+): a producer re-initialising names its current id and epoch.
+            let expected = (req.version >= 3 && request.producer_id.0 >= 0)
+                .then_some((request.producer_id.0, request.producer_epoch));
+            broker
+                .init_transactions(
+                    id.as_str(),
+                    i64::from(request.transaction_timeout_ms),
+                    expected,
+                )
+                .await
+        }
+        None => broker.init_producer_id().await,
+    };
+    let body = match result {
         Ok((id, epoch)) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(epoch),
-        Err(e) => InitProducerIdResponse::default()
-            .with_error_code(errors::code(&e))
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
+        Err(e) => {
+            tracing::warn!(peer = %req.peer, error = %e, "InitProducerId refused");
+            InitProducerIdResponse::default()
+                .with_error_code(super::txn::code(req, &e))
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1)
+        }
     };
     req.encode(&body)
 }

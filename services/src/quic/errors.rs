@@ -34,7 +34,16 @@ pub fn code(e: &BrokerError) -> ErrorCode {
         BrokerError::InvalidGroupId => ErrorCode::InvalidRequest,
         BrokerError::FencedInstanceId(_) => ErrorCode::FencedInstance,
         BrokerError::OutOfOrderSequence(_) => ErrorCode::OutOfOrderSequence,
-        BrokerError::InvalidProducerEpoch(_) => ErrorCode::InvalidProducerEpoch,
+        BrokerError::InvalidProducerEpoch(_) | BrokerError::ProducerFenced(_) => {
+            ErrorCode::InvalidProducerEpoch
+        }
+        // Transactions are a Kafka-protocol feature; the native protocol has no requests
+        // that reach these.
+        BrokerError::InvalidProducerIdMapping(_)
+        | BrokerError::InvalidTxnState(_)
+        | BrokerError::ConcurrentTransactions(_)
+        | BrokerError::InvalidTransactionTimeout { .. }
+        | BrokerError::TransactionalIdNotFound(_) => ErrorCode::InvalidRequest,
     }
 }
 

@@ -28,6 +28,7 @@ pub use sql::SqlCatalog;
 
 use crate::producers::ProducerEntry;
 use crate::segment::ExtentMeta;
+use crate::txn::{AbortedTxn, TransactionRecord};
 use crate::types::{Epoch, Offset, PartitionId, TopicId, TopicPartition};
 
 /// What went wrong in the catalog.
@@ -116,6 +117,9 @@ pub struct FlushCommit {
     pub extents: Vec<(ExtentMeta, Epoch)>,
     /// Idempotent producers' state after the batches in this flush, committed with them.
     pub producers: Vec<ProducerState>,
+    /// Transactions whose abort markers are in this flush: committed with the markers, so a
+    /// `read_committed` reader that can see a marker can also learn what it aborted.
+    pub aborted: Vec<(TopicPartition, AbortedTxn)>,
 }
 
 /// A compaction, as committed: consecutive extents of one partition replaced by the same
@@ -150,7 +154,7 @@ pub struct ProducerState {
 }
 
 /// A consumer group's committed offset for one partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CommittedOffset {
     /// The partition.
     pub tp: TopicPartition,
@@ -355,6 +359,27 @@ pub trait Catalog: Send + Sync {
 
     /// A producer id never handed out before, cluster-wide.
     async fn allocate_producer_id(&self) -> Result<i64, CatalogError>;
+
+    /// The aborted transactions of `tp` whose markers are at or after `from`, in offset order.
+    async fn aborted_txns(
+        &self,
+        tp: TopicPartition,
+        from: Offset,
+    ) -> Result<Vec<AbortedTxn>, CatalogError>;
+
+    /// The state of one transactional id.
+    async fn transaction(&self, id: &str) -> Result<Option<TransactionRecord>, CatalogError>;
+
+    /// Every transactional id's state.
+    async fn transactions(&self) -> Result<Vec<TransactionRecord>, CatalogError>;
+
+    /// Stores a transactional id's state and, in the same database transaction, commits
+    /// `offsets` for their groups (a committed transaction's offsets take effect with it).
+    async fn put_transaction(
+        &self,
+        record: &TransactionRecord,
+        offsets: &[(String, CommittedOffset)],
+    ) -> Result<(), CatalogError>;
 
     /// Registers `broker` (or refreshes its row: addresses, zone, `leaving`) with a
     /// heartbeat of now. Brokers call this every heartbeat interval; it is their lease.

@@ -15,8 +15,9 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
 
 use super::{
-    BrokerInfo, Catalog, CatalogError, CommittedOffset, Compaction, Extent, FlushCommit,
-    PartitionOwner, PartitionState, ProducerState, Stored, TopicMeta, tp,
+    AbortedTxn, BrokerInfo, Catalog, CatalogError, CommittedOffset, Compaction, Extent,
+    FlushCommit, PartitionOwner, PartitionState, ProducerState, Stored, TopicMeta,
+    TransactionRecord, tp,
 };
 use crate::segment::ExtentMeta;
 use crate::types::{Epoch, Offset, PartitionId, TopicId, TopicPartition};
@@ -120,6 +121,23 @@ CREATE INDEX IF NOT EXISTS extents_by_object ON extents (object_key)
 ALTER TABLE brokers ADD COLUMN quic_addr TEXT NOT NULL DEFAULT '';
 ALTER TABLE brokers ADD COLUMN http_addr TEXT NOT NULL DEFAULT '';
 ALTER TABLE brokers ADD COLUMN leaving INTEGER NOT NULL DEFAULT 0
+"#,
+    ),
+    (
+        "transactions",
+        r#"
+CREATE TABLE IF NOT EXISTS aborted_txns (
+    topic_id TEXT NOT NULL,
+    partition_id INTEGER NOT NULL,
+    producer_id BIGINT NOT NULL,
+    first_offset BIGINT NOT NULL,
+    last_offset BIGINT NOT NULL,
+    PRIMARY KEY (topic_id, partition_id, last_offset)
+);
+CREATE TABLE IF NOT EXISTS transactions (
+    transactional_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+)
 "#,
     ),
 ];
@@ -360,6 +378,7 @@ impl Catalog for SqlCatalog {
             "extents",
             "group_offsets",
             "producer_state",
+            "aborted_txns",
         ] {
             sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE topic_id = $1"
@@ -602,6 +621,7 @@ impl Catalog for SqlCatalog {
             object_size: c.object_size,
             extents: Vec::new(),
             producers: Vec::new(),
+            aborted: Vec::new(),
         };
         apply_flush(&mut tx, &commit).await?;
         for e in &c.extents {
@@ -699,22 +719,71 @@ impl Catalog for SqlCatalog {
     ) -> Result<(), CatalogError> {
         let mut tx = self.pool.begin().await?;
         for o in offsets {
-            sqlx::query(
-                "INSERT INTO group_offsets \
-                 (group_id, topic_id, partition_id, committed_offset, leader_epoch, metadata, commit_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (group_id, topic_id, partition_id) DO UPDATE SET \
-                 committed_offset = $4, leader_epoch = $5, metadata = $6, commit_ms = $7",
-            )
-            .bind(group)
-            .bind(o.tp.topic.to_string())
-            .bind(o.tp.partition.0)
-            .bind(o.offset)
-            .bind(o.leader_epoch)
-            .bind(o.metadata.clone())
-            .bind(now_ms())
-            .execute(&mut *tx)
+            upsert_offset(&mut tx, group, o).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn aborted_txns(
+        &self,
+        tp: TopicPartition,
+        from: Offset,
+    ) -> Result<Vec<AbortedTxn>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT producer_id, first_offset, last_offset FROM aborted_txns \
+             WHERE topic_id = $1 AND partition_id = $2 AND last_offset >= $3 \
+             ORDER BY last_offset",
+        )
+        .bind(tp.topic.to_string())
+        .bind(tp.partition.0)
+        .bind(from.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AbortedTxn {
+                    producer_id: r.try_get("producer_id")?,
+                    first_offset: Offset(r.try_get("first_offset")?),
+                    last_offset: Offset(r.try_get("last_offset")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn transaction(&self, id: &str) -> Result<Option<TransactionRecord>, CatalogError> {
+        let row = sqlx::query("SELECT state FROM transactions WHERE transactional_id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
             .await?;
+        row.as_ref().map(transaction_from_row).transpose()
+    }
+
+    async fn transactions(&self) -> Result<Vec<TransactionRecord>, CatalogError> {
+        let rows = sqlx::query("SELECT state FROM transactions ORDER BY transactional_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(transaction_from_row).collect()
+    }
+
+    async fn put_transaction(
+        &self,
+        record: &TransactionRecord,
+        offsets: &[(String, CommittedOffset)],
+    ) -> Result<(), CatalogError> {
+        let state =
+            serde_json::to_string(record).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO transactions (transactional_id, state) VALUES ($1, $2) \
+             ON CONFLICT (transactional_id) DO UPDATE SET state = $2",
+        )
+        .bind(&record.transactional_id)
+        .bind(state)
+        .execute(&mut *tx)
+        .await?;
+        for (group, o) in offsets {
+            upsert_offset(&mut tx, group, o).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -973,7 +1042,52 @@ async fn apply_flush(
         .execute(&mut **tx)
         .await?;
     }
+    for (tp, a) in &commit.aborted {
+        sqlx::query(
+            "INSERT INTO aborted_txns \
+             (topic_id, partition_id, producer_id, first_offset, last_offset) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(tp.topic.to_string())
+        .bind(tp.partition.0)
+        .bind(a.producer_id)
+        .bind(a.first_offset.0)
+        .bind(a.last_offset.0)
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
+}
+
+/// Stores one committed offset of `group`, replacing an earlier one for its partition.
+async fn upsert_offset(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    group: &str,
+    o: &CommittedOffset,
+) -> Result<(), CatalogError> {
+    sqlx::query(
+        "INSERT INTO group_offsets \
+         (group_id, topic_id, partition_id, committed_offset, leader_epoch, metadata, commit_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (group_id, topic_id, partition_id) DO UPDATE SET \
+         committed_offset = $4, leader_epoch = $5, metadata = $6, commit_ms = $7",
+    )
+    .bind(group)
+    .bind(o.tp.topic.to_string())
+    .bind(o.tp.partition.0)
+    .bind(o.offset)
+    .bind(o.leader_epoch)
+    .bind(o.metadata.clone())
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A transactional id's record from a row with its JSON `state`.
+fn transaction_from_row(row: &AnyRow) -> Result<TransactionRecord, CatalogError> {
+    let state: String = row.try_get("state")?;
+    serde_json::from_str(&state).map_err(|e| CatalogError::Corrupt(format!("transaction: {e}")))
 }
 
 /// A partition's state from a row with `high_watermark`, `log_start_offset` and
