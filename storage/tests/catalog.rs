@@ -13,6 +13,7 @@ use strata_storage::catalog::{
 };
 use strata_storage::producers::ProducerEntry;
 use strata_storage::segment::ExtentMeta;
+use strata_storage::txn::{AbortedTxn, TransactionRecord, TxnState};
 use strata_storage::{Epoch, Offset, TopicPartition};
 
 fn extent(tp: TopicPartition, base: i64, last: i64) -> ExtentMeta {
@@ -447,6 +448,70 @@ async fn producer_state_commits_with_the_data(c: &dyn Catalog) {
     assert_ne!(a, b);
 }
 
+async fn transactions_and_aborted_ranges(c: &dyn Catalog) {
+    let t = c
+        .create_topic(&unique("txn"), 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    let p0 = tp(t.id, 0);
+    let epoch = c.claim_partitions("b", &[p0]).await.unwrap()[0].epoch;
+    // An abort entry commits with the flush that holds its marker.
+    let mut flush = commit(&unique("obj"), &[(extent(p0, 0, 4), epoch)]);
+    let aborted = AbortedTxn {
+        producer_id: 9,
+        first_offset: Offset(0),
+        last_offset: Offset(4),
+    };
+    flush.aborted = vec![(p0, aborted)];
+    c.commit_flush(&flush).await.unwrap();
+    assert_eq!(c.aborted_txns(p0, Offset(0)).await.unwrap(), vec![aborted]);
+    assert_eq!(c.aborted_txns(p0, Offset(4)).await.unwrap(), vec![aborted]);
+    assert!(c.aborted_txns(p0, Offset(5)).await.unwrap().is_empty());
+
+    // A committed transaction's offsets take effect with its record, in one transaction.
+    let id = unique("txn-id");
+    let group = unique("txn-group");
+    let mut record = TransactionRecord {
+        transactional_id: id.clone(),
+        producer_id: 9,
+        producer_epoch: 2,
+        timeout_ms: 60_000,
+        state: TxnState::Ongoing,
+        partitions: vec![p0],
+        groups: vec![group.clone()],
+        offsets: Vec::new(),
+        started_ms: 1,
+        updated_ms: 1,
+    };
+    c.put_transaction(&record, &[]).await.unwrap();
+    assert_eq!(c.transaction(&id).await.unwrap(), Some(record.clone()));
+    assert!(c.committed_offsets(&group).await.unwrap().is_empty());
+    record.state = TxnState::CompleteCommit;
+    record.partitions.clear();
+    let offset = CommittedOffset {
+        tp: p0,
+        offset: 5,
+        leader_epoch: -1,
+        metadata: None,
+    };
+    c.put_transaction(&record, &[(group.clone(), offset.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        c.transaction(&id).await.unwrap().unwrap().state,
+        TxnState::CompleteCommit
+    );
+    assert_eq!(c.committed_offsets(&group).await.unwrap(), vec![offset]);
+    assert!(
+        c.transactions()
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.transactional_id == id)
+    );
+    assert_eq!(c.transaction(&unique("none")).await.unwrap(), None);
+}
+
 async fn suite(url: &str) {
     let a: Arc<dyn Catalog> = Arc::new(SqlCatalog::connect(url).await.unwrap());
     let b: Arc<dyn Catalog> = Arc::new(SqlCatalog::connect(url).await.unwrap());
@@ -457,6 +522,7 @@ async fn suite(url: &str) {
     group_offsets(a.as_ref()).await;
     compaction_replaces_extents(a.as_ref()).await;
     producer_state_commits_with_the_data(a.as_ref()).await;
+    transactions_and_aborted_ranges(a.as_ref()).await;
     membership_and_conditional_claims(a.clone(), b.clone()).await;
     stale_epoch_is_fenced(a, b).await;
 }
