@@ -53,7 +53,6 @@ from kafka_wire import (
     API_PRODUCE,
     INVALID_PRODUCER_EPOCH,
     INVALID_RECORD,
-    INVALID_REQUEST,
     NONE,
     OUT_OF_ORDER_SEQUENCE_NUMBER,
     BatchInfo,
@@ -154,7 +153,7 @@ def high_watermark(bootstrap: str, topic: str, partition: int = 0) -> int:
 # ---------------------------------------------------------------- 1. InitProducerId
 
 
-def test_init_producer_id_hands_out_fresh_ids_and_refuses_transactions(broker):
+def test_init_producer_id_hands_out_fresh_ids_and_bumps_transactional_epochs(broker):
     seen: list[int] = []
     with Wire(broker.bootstrap) as w:
         lo, hi = w.versions.get(API_INIT_PRODUCER_ID, (None, None))
@@ -168,11 +167,16 @@ def test_init_producer_id_hands_out_fresh_ids_and_refuses_transactions(broker):
                 seen.append(res.producer_id)
         assert len(set(seen)) == len(seen), f"producer ids handed out twice: {seen}"
 
+        # A transactional id keeps its producer id; each InitProducerId bumps the epoch,
+        # which fences the instance before it (the transaction coordinator's rule).
+        txn_pid = None
         for version in range(5):
             res = w.init_producer_id(version, transactional_id="orders-txn")
-            assert res.error_code == INVALID_REQUEST, (
-                f"v{version} with a transactional id: expected INVALID_REQUEST, got {res}")
-            assert res.producer_id == -1, f"v{version}: an error answer carries id -1, got {res}"
+            assert res.error_code == NONE, f"v{version} with a transactional id: {res}"
+            assert res.producer_epoch == version, f"v{version}: epoch {res.producer_epoch}"
+            assert txn_pid in (None, res.producer_id), f"v{version}: id changed: {res}"
+            txn_pid = res.producer_id
+        seen.append(txn_pid)
 
         # v3+ (KIP-360): an idempotent producer naming its current id and epoch gets a fresh
         # id at epoch 0, as Kafka's coordinator answers every non-transactional request.
