@@ -10,7 +10,30 @@ use strata_storage::txn::AbortedTxn;
 use strata_storage::{Acks, Engine, Offset, TopicPartition};
 
 mod common;
-use common::{batch, producer_batch};
+use bytes::Bytes;
+use common::batch;
+use strata_storage::batch::Batch;
+
+/// [`batch`] from producer `pid` at `epoch`, first sequence `seq`, marked transactional when
+/// `transactional` (the header fields a Kafka producer sets).
+pub fn producer_batch(
+    n: usize,
+    tag: u8,
+    pid: i64,
+    epoch: i16,
+    seq: i32,
+    transactional: bool,
+) -> Batch {
+    let mut b = batch(n, tag).bytes().to_vec();
+    let attributes: i16 = if transactional { 0x10 } else { 0 };
+    b[21..23].copy_from_slice(&attributes.to_be_bytes());
+    b[43..51].copy_from_slice(&pid.to_be_bytes());
+    b[51..53].copy_from_slice(&epoch.to_be_bytes());
+    b[53..57].copy_from_slice(&seq.to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    Batch::parse_all(Bytes::from(b), 1 << 20).unwrap().remove(0)
+}
 
 async fn open(dir: &std::path::Path, tps: &[TopicPartition]) -> Engine {
     common::open_engine(dir, "1", Duration::from_millis(20), 4096, tps).await

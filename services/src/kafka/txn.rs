@@ -25,7 +25,7 @@ use strata_storage::TopicPartition;
 use strata_storage::catalog::CommittedOffset;
 
 use super::{ConnError, Req, errors};
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, Topic};
 
 /// The Kafka code for `e` in a transactional answer. Clients older than KIP-588 do not know
 /// PRODUCER_FENCED and get INVALID_PRODUCER_EPOCH instead, as Kafka answers them.
@@ -242,6 +242,21 @@ pub async fn txn_offset_commit(
     req.encode(&TxnOffsetCommitResponse::default().with_topics(topics))
 }
 
+/// Partition `p` of `topic` when this broker owns it, else the code to answer for it.
+fn owned_partition(
+    broker: &Broker,
+    topic: &Result<std::sync::Arc<Topic>, BrokerError>,
+    p: i32,
+) -> Result<TopicPartition, i16> {
+    let topic = topic.as_ref().map_err(errors::code)?;
+    let tp = topic.partition(p).map_err(|e| errors::code(&e))?;
+    if broker.engine().owns(tp) {
+        Ok(tp)
+    } else {
+        Err(ResponseError::NotLeaderOrFollower.code())
+    }
+}
+
 /// WriteTxnMarkers: another broker, coordinating a transaction, asks this one to end it on
 /// partitions this one owns.
 pub async fn write_txn_markers(
@@ -257,21 +272,7 @@ pub async fn write_txn_markers(
             let mut owned = Vec::new();
             let mut answers: Vec<(i32, i16)> = Vec::new();
             for &p in &t.partition_indexes {
-                match topic
-                    .as_ref()
-                    .map_err(errors::code)
-                    .and_then(|topic| {
-                        topic
-                            .partition(p)
-                            .map_err(|e| errors::code(&e))
-                            .and_then(|tp| {
-                                if broker.engine().owns(tp) {
-                                    Ok(tp)
-                                } else {
-                                    Err(ResponseError::NotLeaderOrFollower.code())
-                                }
-                            })
-                    }) {
+                match owned_partition(broker, &topic, p) {
                     Ok(tp) => owned.push(tp),
                     Err(c) => answers.push((p, c)),
                 }
