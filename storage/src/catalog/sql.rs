@@ -142,6 +142,11 @@ CREATE TABLE IF NOT EXISTS transactions (
     ),
 ];
 
+/// How long PostgreSQL lets a session sit idle inside a transaction before ending it: well
+/// under the shortest lease a cluster runs with, so a frozen broker's locks are gone before
+/// anyone claims its partitions.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_millis(1500);
+
 /// Which engine a [`SqlCatalog`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dialect {
@@ -232,7 +237,31 @@ impl SqlCatalog {
                     .connect(&url)
                     .await?
             }
-            Dialect::Postgres => options.max_connections(8).connect(&url).await?,
+            // A broker frozen (SIGSTOP, a paused VM), stalled or cut off inside a transaction
+            // must not keep its row locks: a flush commit holds its partitions' rows from its
+            // first UPDATE to COMMIT, and the brokers taking those partitions over would wait
+            // in their claim, inside their heartbeat, so they would stop renewing their own
+            // lease and refuse every append. Every transaction here is a few back-to-back
+            // statements, so only a stalled broker is ever idle in one this long; the server
+            // then ends its session (rolling back), and when the broker wakes its commit fails,
+            // is retried, and is fenced.
+            Dialect::Postgres => {
+                options
+                    .max_connections(8)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::query(AssertSqlSafe(format!(
+                                "SET idle_in_transaction_session_timeout = {}",
+                                IDLE_IN_TRANSACTION.as_millis()
+                            )))
+                            .execute(&mut *conn)
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await?
+            }
         };
         let catalog = SqlCatalog { pool };
         catalog.migrate().await?;
