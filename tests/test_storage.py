@@ -4,10 +4,11 @@
   object store compressed: the ``strata_object_store_bytes_total{op="put"}``
   counter, and the segment files themselves, stay well under half the bytes
   produced.
-* A segment object with bytes flipped in its middle: reading the partition it
-  holds gives the client an error (the broker neither crashes nor serves the bad
-  bytes), the broker log names the object, and other topics, whose data lives
-  in other objects, are still served.
+* A segment object with bytes flipped in its middle, or cut short: reading the
+  partition it holds gives the client KAFKA_STORAGE_ERROR (the broker neither
+  crashes nor serves the bad bytes), the broker log names the object and the
+  offsets it should hold, and other topics, whose data lives in other objects,
+  are still served.
 * A WAL with garbage appended after a kill -9 (a torn write): the broker starts,
   cuts the tail, keeps every record acknowledged at acks=1, and appends after
   the cut without losing anything on the next crash either.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import shutil
 import time
 import uuid
@@ -43,6 +45,7 @@ QUIET_BACKGROUND = {
     "STRATA_COMPACTION_INTERVAL_MS": "3600000",
     "STRATA_RETENTION_INTERVAL_MS": "3600000",
 }
+KAFKA_STORAGE_ERROR = 56
 WAL_ONLY = ["--flush-interval-ms", "600000", "--flush-bytes", "1000000000"]
 
 
@@ -170,7 +173,16 @@ def fetch_until_error(bootstrap: str, topic: str, partition: int, timeout: float
     pytest.fail(f"no error within {timeout}s reading {topic}/{partition}")
 
 
-def test_corrupted_segment_object_fails_reads_of_that_data_only(make_broker):
+def truncate_half(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("damage", [flip_middle, truncate_half], ids=["flipped", "truncated"])
+def test_corrupted_segment_object_fails_reads_of_that_data_only(make_broker, damage):
+    """A segment object with flipped bytes, or cut short: reads of the data it holds fail
+    with KAFKA_STORAGE_ERROR and a log line naming the object and the offsets it should
+    hold; the broker keeps serving every other topic and keeps taking writes."""
     broker = make_broker(start=False, env=QUIET_BACKGROUND)
 
     # Run 1: topic A lives only in the WAL until SIGTERM flushes it: one flush, A only.
@@ -195,7 +207,7 @@ def test_corrupted_segment_object_fails_reads_of_that_data_only(make_broker):
     assert not missing, f"A's objects were rewritten or deleted meanwhile: {missing}"
 
     for path in segments_a:
-        flip_middle(path)
+        damage(path)
     shutil.rmtree(broker.data_dir / "cache", ignore_errors=True)  # no cached copy may hide it
 
     # Run 3: reads of A fail cleanly, everything else works.
@@ -204,9 +216,11 @@ def test_corrupted_segment_object_fails_reads_of_that_data_only(make_broker):
     print(f"fetch of {topic_a} failed at offset {at} with error code {error}")
     assert broker.is_running() and broker.healthz() == 200, "broker died reading a corrupted object"
 
+    assert error == KAFKA_STORAGE_ERROR, f"expected KAFKA_STORAGE_ERROR (56), got {error}"
     names = [p.stem for p in segments_a]
-    wait_until(lambda: any(n in broker.log_text() for n in names), 10,
-               f"a broker log line naming the corrupted object ({', '.join(names)})",
+    named = re.compile(r"offsets \d+\.\.=\d+ in object '[^']*(" + "|".join(map(re.escape, names)) + ")")
+    wait_until(lambda: named.search(broker.log_text()), 10,
+               f"a broker log line naming the corrupted object ({', '.join(names)}) and its offsets",
                on_timeout=broker.log_tail)
 
     for p in range(2):

@@ -114,13 +114,8 @@ impl Engine {
             let data = self.extent_bytes(extent).await?;
             let mut offset = extent.meta.base_offset;
             for (start, size, count) in batch::stored_batches(&data) {
-                let b = Batch::from_stored(data.slice(start..start + size)).map_err(|e| {
-                    EngineError::Corrupt {
-                        tp,
-                        object: extent.object_key.clone(),
-                        reason: e.to_string(),
-                    }
-                })?;
+                let b = Batch::from_stored(data.slice(start..start + size))
+                    .map_err(|e| crate::fetch::unreadable(extent, e.to_string()))?;
                 builder.add(tp, offset, &b);
                 offset = offset.plus(count);
             }

@@ -71,13 +71,20 @@ pub enum EngineError {
         /// The high watermark.
         high_watermark: Offset,
     },
-    /// Stored data failed its checksum or could not be read.
-    #[error("stored data for {tp} in object '{object}' is unreadable: {reason}")]
+    /// Stored data failed its checksum or could not be read. Names the object and the
+    /// offsets it should hold, so an operator knows exactly what is damaged.
+    #[error(
+        "stored data for {tp} offsets {first}..={last} in object '{object}' is unreadable: {reason}"
+    )]
     Corrupt {
         /// The partition.
         tp: TopicPartition,
         /// The object key.
         object: String,
+        /// The first offset the damaged extent holds.
+        first: Offset,
+        /// The last offset the damaged extent holds.
+        last: Offset,
         /// What was wrong.
         reason: String,
     },

@@ -141,24 +141,24 @@ impl Engine {
         }
         metrics().cache_misses.inc();
         let start = extent.meta.byte_start;
-        let data = self
+        let range = start..start + extent.meta.byte_len;
+        let data = match self
             .inner
             .objects
-            .get_range(&extent.object_key, start..start + extent.meta.byte_len)
-            .await?;
+            .get_range(&extent.object_key, range.clone())
+            .await
+        {
+            Ok(data) => data,
+            Err(e) => {
+                let e = unreadable(extent, format!("cannot read bytes {range:?}: {e}"));
+                tracing::error!(error = %e, "cannot read a stored extent");
+                return Err(e);
+            }
+        };
         if let Err(reason) = check_extent(extent, &data) {
-            tracing::error!(
-                object = %extent.object_key,
-                tp = %extent.meta.tp,
-                base_offset = %extent.meta.base_offset,
-                %reason,
-                "stored extent failed its check; refusing to serve it"
-            );
-            return Err(EngineError::Corrupt {
-                tp: extent.meta.tp,
-                object: extent.object_key.clone(),
-                reason,
-            });
+            let e = unreadable(extent, reason);
+            tracing::error!(error = %e, "stored extent failed its check; refusing to serve it");
+            return Err(e);
         }
         self.inner.cache.insert(extent, data.clone());
         Ok(data)
@@ -196,11 +196,8 @@ impl Engine {
         let mut batch_offset = extent.meta.base_offset;
         for (start, size, count) in batch::stored_batches(&data) {
             let bytes = data.slice(start..start + size);
-            let b = Batch::from_stored(bytes.clone()).map_err(|e| EngineError::Corrupt {
-                tp,
-                object: extent.object_key.clone(),
-                reason: e.to_string(),
-            })?;
+            let b = Batch::from_stored(bytes.clone())
+                .map_err(|e| unreadable(&extent, e.to_string()))?;
             if b.max_timestamp() >= timestamp {
                 let found = crate::records::first_at_or_after(&bytes, batch_offset, timestamp)
                     .unwrap_or((batch_offset, b.max_timestamp()));
@@ -209,6 +206,18 @@ impl Engine {
             batch_offset = batch_offset.plus(count);
         }
         Ok(None)
+    }
+}
+
+/// The error for an extent whose bytes cannot be served: names its partition, offsets and
+/// object.
+pub(crate) fn unreadable(extent: &Extent, reason: String) -> EngineError {
+    EngineError::Corrupt {
+        tp: extent.meta.tp,
+        object: extent.object_key.clone(),
+        first: extent.meta.base_offset,
+        last: extent.meta.last_offset,
+        reason,
     }
 }
 
