@@ -349,36 +349,21 @@ impl Batch {
         let mut value = Vec::with_capacity(6);
         value.extend_from_slice(&0i16.to_be_bytes());
         value.extend_from_slice(&coordinator_epoch.to_be_bytes());
-        let mut record = vec![0u8]; // record attributes
-        write_varint(&mut record, 0); // timestamp delta
-        write_varint(&mut record, 0); // offset delta
-        write_varint(&mut record, key.len() as i64);
-        record.extend_from_slice(&key);
-        write_varint(&mut record, value.len() as i64);
-        record.extend_from_slice(&value);
-        write_varint(&mut record, 0); // no headers
-        let mut b = Vec::with_capacity(HEADER_LEN + record.len() + 2);
-        b.extend_from_slice(&0i64.to_be_bytes());
-        b.extend_from_slice(&[0; 4]); // batch length, below
-        b.extend_from_slice(&(-1i32).to_be_bytes());
-        b.push(2);
-        b.extend_from_slice(&[0; 4]); // CRC, below
-        b.extend_from_slice(&(ATTR_TRANSACTIONAL | ATTR_CONTROL).to_be_bytes());
-        b.extend_from_slice(&0i32.to_be_bytes()); // last offset delta
-        b.extend_from_slice(&timestamp.to_be_bytes());
-        b.extend_from_slice(&timestamp.to_be_bytes());
-        b.extend_from_slice(&producer_id.to_be_bytes());
-        b.extend_from_slice(&producer_epoch.to_be_bytes());
-        b.extend_from_slice(&(-1i32).to_be_bytes()); // no sequence
-        b.extend_from_slice(&1i32.to_be_bytes()); // one record
-        write_varint(&mut b, record.len() as i64);
-        b.extend_from_slice(&record);
-        let len = (b.len() - LOG_OVERHEAD) as i32;
-        b[8..12].copy_from_slice(&len.to_be_bytes());
-        let crc = crc32c::crc32c(&b[CRC_START..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        let mut section = Vec::with_capacity(24);
+        write_record(&mut section, 0, 0, Some(&key), Some(&value), &[]);
+        let header = BatchHeader {
+            base_offset: 0,
+            attributes: ATTR_TRANSACTIONAL | ATTR_CONTROL,
+            last_offset_delta: 0,
+            base_timestamp: timestamp,
+            max_timestamp: timestamp,
+            producer_id,
+            producer_epoch,
+            base_sequence: -1,
+            record_count: 1,
+        };
         Batch {
-            bytes: Bytes::from(b),
+            bytes: header.assemble(&section),
         }
     }
 
@@ -432,6 +417,107 @@ impl Batch {
             bytes: out.freeze(),
         }
     }
+}
+
+/// The fixed header fields of a RecordBatch v2, for building one; length and CRC are
+/// computed by [`BatchHeader::assemble`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// `baseOffset` (the broker serves its own, so 0 does for a new batch).
+    pub base_offset: i64,
+    /// `attributes`: compression, timestamp type, transactional and control bits.
+    pub attributes: i16,
+    /// `lastOffsetDelta`: the batch spans `base_offset..=base_offset + last_offset_delta`,
+    /// whatever records remain in it (a compacted batch keeps its span).
+    pub last_offset_delta: i32,
+    /// `baseTimestamp`.
+    pub base_timestamp: i64,
+    /// `maxTimestamp`.
+    pub max_timestamp: i64,
+    /// `producerId` (-1 for none).
+    pub producer_id: i64,
+    /// `producerEpoch`.
+    pub producer_epoch: i16,
+    /// `baseSequence` (-1 for none).
+    pub base_sequence: i32,
+    /// `recordCount`.
+    pub record_count: i32,
+}
+
+impl BatchHeader {
+    /// The header of an existing batch.
+    pub fn of(batch: &Batch) -> BatchHeader {
+        let b = batch.bytes();
+        BatchHeader {
+            base_offset: be_i64(b, 0),
+            attributes: batch.attributes(),
+            last_offset_delta: be_i32(b, 23),
+            base_timestamp: batch.base_timestamp(),
+            max_timestamp: batch.max_timestamp(),
+            producer_id: batch.producer_id(),
+            producer_epoch: batch.producer_epoch(),
+            base_sequence: batch.base_sequence(),
+            record_count: batch.record_count(),
+        }
+    }
+
+    /// A whole batch: this header (with its length and CRC filled in) and `section`, the
+    /// records as written by [`write_record`] (compressed as `attributes` says).
+    pub fn assemble(&self, section: &[u8]) -> Bytes {
+        let mut b = BytesMut::with_capacity(HEADER_LEN + section.len());
+        b.extend_from_slice(&self.base_offset.to_be_bytes());
+        b.extend_from_slice(&((HEADER_LEN - LOG_OVERHEAD + section.len()) as i32).to_be_bytes());
+        b.extend_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
+        b.extend_from_slice(&[2]); // magic
+        b.extend_from_slice(&[0; 4]); // CRC, below
+        b.extend_from_slice(&self.attributes.to_be_bytes());
+        b.extend_from_slice(&self.last_offset_delta.to_be_bytes());
+        b.extend_from_slice(&self.base_timestamp.to_be_bytes());
+        b.extend_from_slice(&self.max_timestamp.to_be_bytes());
+        b.extend_from_slice(&self.producer_id.to_be_bytes());
+        b.extend_from_slice(&self.producer_epoch.to_be_bytes());
+        b.extend_from_slice(&self.base_sequence.to_be_bytes());
+        b.extend_from_slice(&self.record_count.to_be_bytes());
+        b.extend_from_slice(section);
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b.freeze()
+    }
+}
+
+/// Appends one record, length-prefixed, to a records section: attributes, timestamp and
+/// offset deltas, key, value and headers, in Kafka's varint encoding.
+pub fn write_record(
+    section: &mut Vec<u8>,
+    timestamp_delta: i64,
+    offset_delta: i64,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: &[(&[u8], Option<&[u8]>)],
+) {
+    fn field(out: &mut Vec<u8>, b: Option<&[u8]>) {
+        match b {
+            Some(b) => {
+                write_varint(out, b.len() as i64);
+                out.extend_from_slice(b);
+            }
+            None => write_varint(out, -1),
+        }
+    }
+    let mut body =
+        Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
+    body.push(0); // record attributes
+    write_varint(&mut body, timestamp_delta);
+    write_varint(&mut body, offset_delta);
+    field(&mut body, key);
+    field(&mut body, value);
+    write_varint(&mut body, headers.len() as i64);
+    for (k, v) in headers {
+        field(&mut body, Some(k));
+        field(&mut body, *v);
+    }
+    write_varint(section, body.len() as i64);
+    section.extend_from_slice(&body);
 }
 
 /// Appends `v` as a zig-zag varint, as record fields are encoded.

@@ -6,11 +6,10 @@
 //! understands every compression Kafka clients use, so records produced by any client read
 //! back the same.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
+use strata_storage::batch::{BatchHeader, HEADER_LEN, write_record};
 
-/// Bytes before the records section.
-const HEADER_LEN: usize = 61;
 /// zstd level for client-side compression: fast, and the broker keeps the result.
 const ZSTD_LEVEL: i32 = 1;
 /// Attribute bits for zstd.
@@ -53,49 +52,25 @@ pub struct ProducerFields {
     pub base_sequence: i32,
 }
 
-fn varint(buf: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    loop {
-        let b = (z & 0x7f) as u8;
-        z >>= 7;
-        if z == 0 {
-            buf.push(b);
-            return;
-        }
-        buf.push(b | 0x80);
-    }
-}
-
-fn bytes_field(buf: &mut Vec<u8>, b: Option<&[u8]>) {
-    match b {
-        Some(b) => {
-            varint(buf, b.len() as i64);
-            buf.extend_from_slice(b);
-        }
-        None => varint(buf, -1),
-    }
-}
-
 /// Encodes `records` as one batch, zstd-compressed when `compress` and it helps.
 pub fn encode(records: &[Record], compress: bool, producer: Option<ProducerFields>) -> Bytes {
     let base_ts = records.first().map_or(0, |r| r.timestamp);
     let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(base_ts);
     let mut section = Vec::with_capacity(records.iter().map(Record::size).sum());
-    let mut body = Vec::with_capacity(256);
     for (i, r) in records.iter().enumerate() {
-        body.clear();
-        body.push(0); // record attributes
-        varint(&mut body, r.timestamp - base_ts);
-        varint(&mut body, i as i64);
-        bytes_field(&mut body, r.key.as_deref());
-        bytes_field(&mut body, r.value.as_deref());
-        varint(&mut body, r.headers.len() as i64);
-        for (k, v) in &r.headers {
-            bytes_field(&mut body, Some(k.as_bytes()));
-            bytes_field(&mut body, v.as_deref());
-        }
-        varint(&mut section, body.len() as i64);
-        section.extend_from_slice(&body);
+        let headers: Vec<(&[u8], Option<&[u8]>)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_deref()))
+            .collect();
+        write_record(
+            &mut section,
+            r.timestamp - base_ts,
+            i as i64,
+            r.key.as_deref(),
+            r.value.as_deref(),
+            &headers,
+        );
     }
     let mut attributes = 0i16;
     if compress
@@ -110,24 +85,18 @@ pub fn encode(records: &[Record], compress: bool, producer: Option<ProducerField
         epoch: -1,
         base_sequence: -1,
     });
-    let mut out = BytesMut::with_capacity(HEADER_LEN + section.len());
-    out.put_i64(0); // base offset: the broker assigns it
-    out.put_i32((HEADER_LEN - 12 + section.len()) as i32);
-    out.put_i32(-1); // partition leader epoch
-    out.put_i8(2); // magic
-    out.put_u32(0); // CRC, filled in below
-    out.put_i16(attributes);
-    out.put_i32(records.len().saturating_sub(1) as i32);
-    out.put_i64(base_ts);
-    out.put_i64(max_ts);
-    out.put_i64(p.id);
-    out.put_i16(p.epoch);
-    out.put_i32(p.base_sequence);
-    out.put_i32(records.len() as i32);
-    out.extend_from_slice(&section);
-    let crc = crc32c::crc32c(&out[21..]);
-    out[17..21].copy_from_slice(&crc.to_be_bytes());
-    out.freeze()
+    BatchHeader {
+        base_offset: 0, // the broker assigns it
+        attributes,
+        last_offset_delta: records.len().saturating_sub(1) as i32,
+        base_timestamp: base_ts,
+        max_timestamp: max_ts,
+        producer_id: p.id,
+        producer_epoch: p.epoch,
+        base_sequence: p.base_sequence,
+        record_count: records.len() as i32,
+    }
+    .assemble(&section)
 }
 
 /// A record read back, with its place in the log.
