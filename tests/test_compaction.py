@@ -9,13 +9,19 @@ each lands in its own flush and its own small extent. Then:
 * every record is read back, by two different clients, with the same offset, key and value
   as before; a restart changes nothing;
 * records produced after compaction continue the log at the next offset.
+
+A topic with ``cleanup.policy=compact`` is also cleaned: each key keeps only its newest record,
+at the offset it was produced at, and a key's tombstone goes once ``delete.retention.ms`` old.
 """
 from __future__ import annotations
+
+import time
 
 from harness import wait_until
 from kafka_clients import (
     Rec,
     consume_confluent,
+    consume_kafka_python,
     create_topic,
     kcat_consume,
     produce_confluent,
@@ -77,3 +83,50 @@ def test_compaction_keeps_every_record_at_its_offset(make_broker):
         [r.key for r in more]
     broker.restart()
     same_records(consume_confluent(broker.bootstrap, topic, 0, end=len(sent)), sent)
+
+
+def test_compacted_topic_keeps_the_newest_record_per_key(make_broker):
+    """cleanup.policy=compact: after ten rounds of updates to twenty keys and two tombstones,
+    the cleaner leaves each live key's newest record at the offset it was produced at; the
+    key whose tombstone is older than delete.retention.ms is gone, the newer tombstone stays.
+    confluent-kafka, kafka-python and kcat read the cleaned log alike, before and after a
+    restart, and the log goes on at the next offset."""
+    broker = make_broker(args=COMPACTION_ARGS)
+    bootstrap = broker.bootstrap
+    topic = unique_topic("keyed")
+    create_topic(bootstrap, topic, 1, {"cleanup.policy": "compact", "delete.retention.ms": 60000})
+    latest: dict[bytes, Rec] = {}
+    end = 0
+
+    def produce_round(records: list[Rec]) -> None:
+        nonlocal end
+        for rec in produce_confluent(bootstrap, topic, records):
+            latest[rec.key] = rec
+        end += len(records)
+        wait_until(lambda: watermarks(bootstrap, topic, 0)[1] == end, 30, f"offset {end} readable")
+
+    for r in range(10):
+        produce_round([Rec(b"key-%d" % k, b"round-%d-" % r + b"x" * 200, partition=0)
+                       for k in range(20)])
+    now_ms = int(time.time() * 1000)
+    produce_round([Rec(b"key-0", None, timestamp=now_ms - 3_600_000, partition=0)])  # expired
+    produce_round([Rec(b"key-1", None, partition=0)])  # recent: kept
+    produce_round([Rec(b"sentinel", b"end", partition=0)])  # the newest extent: never cleaned
+
+    expected = sorted(((r.offset, r.key, r.value) for k, r in latest.items() if k != b"key-0"))
+    assert len(expected) == 20  # 18 live keys, key-1's tombstone, the sentinel
+
+    def seen(records: list[Rec]) -> list[tuple]:
+        return [(r.offset, r.key, r.value) for r in records]
+
+    wait_until(lambda: seen(consume_confluent(bootstrap, topic, 0)) == expected, 60,
+               "the cleaner to leave only the newest record per key",
+               on_timeout=lambda: f"{len(consume_confluent(bootstrap, topic, 0))} records readable")
+    assert seen(kcat_consume(bootstrap, topic, 0)) == expected
+    assert seen(consume_kafka_python(bootstrap, topic, 0)) == expected
+    assert watermarks(bootstrap, topic, 0)[1] == end, "offsets are kept: the log end does not move"
+
+    broker.restart()
+    assert seen(consume_confluent(bootstrap, topic, 0)) == expected
+    more = produce_confluent(bootstrap, topic, [Rec(b"key-5", b"after", partition=0)])
+    assert more[0].offset == end

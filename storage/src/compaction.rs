@@ -158,7 +158,7 @@ impl Engine {
     }
 
     /// Replaces `old` by `new` in the partition's in-memory tail of extents, where present.
-    fn swap_tail(&self, tp: TopicPartition, old: &[Extent], new: &[Extent]) {
+    pub(crate) fn swap_tail(&self, tp: TopicPartition, old: &[Extent], new: &[Extent]) {
         let (Some(first), Some(last)) = (old.first(), old.last()) else {
             return;
         };

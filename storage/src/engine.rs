@@ -162,6 +162,11 @@ pub(crate) struct PartitionLog {
     /// Open and aborted transactions: what the last stable offset and `read_committed`
     /// reads need.
     pub txns: TxnIndex,
+    /// The [cleaner](crate::cleaner) has cleaned this partition through this offset...
+    pub cleaned_through: Offset,
+    /// ...and need not look again before this time (ms since the epoch) unless new data
+    /// settles: when the oldest tombstone it kept expires.
+    pub clean_again_ms: i64,
 }
 
 impl PartitionLog {
@@ -174,6 +179,8 @@ impl PartitionLog {
             tail: VecDeque::new(),
             closing: false,
             txns: TxnIndex::default(),
+            cleaned_through: Offset(-1),
+            clean_again_ms: 0,
         }
     }
 }

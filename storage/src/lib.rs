@@ -10,6 +10,7 @@
 //!   committed to the [`catalog`] (what `acks=all` waits for);
 //! - [`fetch`]: the read path, through the hybrid [`cache`];
 //! - [`compaction`]: a partition's small extents rewritten as large per-partition objects;
+//! - [`cleaner`]: key compaction of `cleanup.policy=compact` topics (newest record per key);
 //! - [`retention`]: how far `retention.ms`/`retention.bytes` move a partition's log start,
 //!   and garbage collection of dead and orphaned objects;
 //! - [`txn`]: transactions as a partition sees them (last stable offset, aborted ranges);
@@ -18,6 +19,7 @@
 pub mod batch;
 pub mod cache;
 pub mod catalog;
+pub mod cleaner;
 pub mod compaction;
 pub mod engine;
 pub mod fetch;

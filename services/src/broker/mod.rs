@@ -629,12 +629,22 @@ impl Broker {
         moved
     }
 
-    /// Compacts every partition this broker owns (see [`strata_storage::compaction`]).
-    /// Returns how many extents were rewritten.
+    /// Compacts every partition this broker owns (see [`strata_storage::compaction`]),
+    /// after cleaning those of `cleanup.policy=compact` topics (see
+    /// [`strata_storage::cleaner`]). Returns how many extents were rewritten.
     pub async fn compact(&self, policy: strata_storage::compaction::CompactionPolicy) -> usize {
         let now = chrono_now_ms();
         let mut replaced = 0;
         for (tp, _) in self.engine.held() {
+            if let Some(topic) = self.topic_by_id(tp.topic).filter(|t| t.config.compact) {
+                let clean = strata_storage::cleaner::CleanPolicy {
+                    delete_retention_ms: topic.config.delete_retention_ms,
+                    min_age: policy.min_age,
+                };
+                if let Err(e) = self.engine.clean(tp, clean, now).await {
+                    tracing::warn!(%tp, error = %e, "cleaning failed; retrying next pass");
+                }
+            }
             match self.engine.compact(tp, policy, now).await {
                 Ok(n) => replaced += n,
                 Err(e) => tracing::warn!(%tp, error = %e, "compaction failed; retrying next pass"),

@@ -51,6 +51,9 @@ pub enum CompressionPolicy {
 /// Kafka's default `retention.ms`: seven days.
 const DEFAULT_RETENTION_MS: i64 = 604_800_000;
 
+/// Kafka's default `delete.retention.ms`: one day.
+const DEFAULT_DELETE_RETENTION_MS: i64 = 86_400_000;
+
 /// The configs a topic acts on, parsed, with defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicConfig {
@@ -58,8 +61,13 @@ pub struct TopicConfig {
     pub max_message_bytes: usize,
     /// Compression of stored batches.
     pub compression: CompressionPolicy,
-    /// `retention.ms` and `retention.bytes` (`-1`: unbounded).
+    /// `retention.ms` and `retention.bytes` (`-1`: unbounded). Unbounded when
+    /// `cleanup.policy` is `compact` alone, as in Kafka.
     pub retention: strata_storage::retention::Retention,
+    /// `cleanup.policy` includes `compact`: the cleaner keeps the newest record per key.
+    pub compact: bool,
+    /// `delete.retention.ms`: how long the cleaner keeps a key's tombstone.
+    pub delete_retention_ms: i64,
 }
 
 /// Broker-wide defaults for topic configs.
@@ -236,13 +244,28 @@ impl TopicConfig {
             Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 0),
             None => default,
         };
+        let policy = configs
+            .get("cleanup.policy")
+            .map_or("delete", String::as_str);
+        let has = |p: &str| policy.split(',').any(|x| x.trim() == p);
+        let retention = if has("delete") {
+            strata_storage::retention::Retention {
+                ms: limit("retention.ms", Some(DEFAULT_RETENTION_MS)),
+                bytes: limit("retention.bytes", None),
+            }
+        } else {
+            strata_storage::retention::Retention {
+                ms: None,
+                bytes: None,
+            }
+        };
         TopicConfig {
             max_message_bytes,
             compression,
-            retention: strata_storage::retention::Retention {
-                ms: limit("retention.ms", Some(DEFAULT_RETENTION_MS)),
-                bytes: limit("retention.bytes", None),
-            },
+            retention,
+            compact: has("compact"),
+            delete_retention_ms: limit("delete.retention.ms", Some(DEFAULT_DELETE_RETENTION_MS))
+                .unwrap_or(i64::MAX),
         }
     }
 }

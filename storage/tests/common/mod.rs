@@ -1,5 +1,8 @@
 //! Helpers shared by the engine test files.
 
+// Each test binary compiles this module and uses only some of it.
+#![allow(dead_code)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
