@@ -135,7 +135,7 @@ fn describe(d: &TopicDescription) {
         "LEADER",
         "LOG START",
         "END OFFSET",
-        "RECORDS",
+        "OFFSETS",
         "STORED BYTES",
         "EXTENTS",
         "OBJECTS",
