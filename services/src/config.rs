@@ -137,6 +137,12 @@ pub struct ServeArgs {
     #[arg(long, env = "STRATA_RETENTION_INTERVAL_MS", default_value_t = 60_000)]
     pub retention_interval_ms: u64,
 
+    /// How often the cluster's controller writes a catalog snapshot to the object store when
+    /// the catalog changed (what `strata recover` rebuilds a lost catalog from, with the
+    /// segment footers); 0 turns snapshots off.
+    #[arg(long, env = "STRATA_SNAPSHOT_INTERVAL_MS", default_value_t = 300_000)]
+    pub snapshot_interval_ms: u64,
+
     /// How long an object with no live record left waits before it is deleted, so reads that
     /// began before retention moved past it can finish.
     #[arg(long, env = "STRATA_GC_GRACE_MS", default_value_t = 600_000)]

@@ -24,6 +24,9 @@ enum Command {
     /// ./strata-data, Kafka on 127.0.0.1:9092, QUIC on 127.0.0.1:9093 (UDP), HTTP on
     /// 127.0.0.1:9094.
     Serve(Box<ServeArgs>),
+    /// Rebuild a lost catalog from the object store alone (the newest catalog snapshot and
+    /// every segment's footer), into a new, empty catalog.
+    Recover(strata::cli::recover::RecoverArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -32,7 +35,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The broker logs what it does; a command-line tool only what goes wrong.
     let default_level = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Recover(_) => "info",
         Command::Client(_) => "warn",
     };
     tracing_subscriber::fmt()
@@ -51,6 +54,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(strata::serve::run(*args)),
+        Command::Recover(args) => runtime.block_on(strata::cli::recover::run(args)),
         Command::Client(command) => runtime.block_on(strata::cli::run(command, cli.connect)),
     };
     match result {

@@ -14,6 +14,7 @@ use strata_storage::cache::ReadCache;
 use strata_storage::catalog::{Catalog, SqlCatalog};
 use strata_storage::compaction::CompactionPolicy;
 use strata_storage::objects::ObjectStorage;
+use strata_storage::snapshot::Snapshotter;
 use strata_storage::{Engine, EngineConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -195,6 +196,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         stopped.clone(),
     ));
     let txn_task = tokio::spawn(transaction_timer(broker.clone(), stopped.clone()));
+    let snapshotter = Arc::new(tokio::sync::Mutex::new(Snapshotter::new(
+        catalog.clone(),
+        engine.objects().clone(),
+    )));
+    let snapshot_task = tokio::spawn(snapshots(
+        broker.clone(),
+        snapshotter.clone(),
+        Duration::from_millis(args.snapshot_interval_ms),
+        stopped.clone(),
+    ));
     let quic_task = tokio::spawn(crate::quic::serve(
         quic,
         broker.clone(),
@@ -226,7 +237,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let _ = retention_task.await;
     let _ = compaction_task.await;
     let _ = txn_task.await;
+    let _ = snapshot_task.await;
     engine.shutdown().await;
+    if args.snapshot_interval_ms > 0 {
+        // The state as it stands at the stop, for a recovery that may follow.
+        snapshot_once(&broker, &snapshotter).await;
+    }
     cache.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
     tracing::info!("stopped cleanly");
@@ -285,6 +301,43 @@ async fn compaction(
             }
             _ = stopped.changed() => return,
         }
+    }
+}
+
+/// Writes a catalog snapshot every `every` (never when zero) while this broker is the
+/// cluster's controller, until the broker stops; nothing when the catalog did not change.
+async fn snapshots(
+    broker: Broker,
+    snapshotter: Arc<tokio::sync::Mutex<Snapshotter>>,
+    every: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    if every.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => snapshot_once(&broker, &snapshotter).await,
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// One snapshot, if this broker is the controller.
+async fn snapshot_once(broker: &Broker, snapshotter: &tokio::sync::Mutex<Snapshotter>) {
+    let membership = broker.membership();
+    if membership.controller() != membership.me().node_id {
+        return;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    match snapshotter.lock().await.run_once(now).await {
+        Ok(Some(key)) => tracing::info!(object = %key, "wrote a catalog snapshot"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "catalog snapshot failed; retrying next interval"),
     }
 }
 

@@ -14,6 +14,8 @@
 //! - [`retention`]: how far `retention.ms`/`retention.bytes` move a partition's log start,
 //!   and garbage collection of dead and orphaned objects;
 //! - [`txn`]: transactions as a partition sees them (last stable offset, aborted ranges);
+//! - [`snapshot`] and [`recovery`]: the catalog's state written to the bucket, and a lost
+//!   catalog rebuilt from the bucket alone;
 //! - [`metrics`]: counters for all of the above.
 
 pub mod batch;
@@ -28,9 +30,11 @@ pub mod metrics;
 pub mod objects;
 pub mod producers;
 pub mod records;
+pub mod recovery;
 pub mod retention;
 pub mod segment;
 pub mod simulate;
+pub mod snapshot;
 pub mod txn;
 pub mod types;
 pub mod wal;

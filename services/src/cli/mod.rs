@@ -10,6 +10,7 @@ mod consume;
 mod group;
 mod output;
 mod produce;
+pub mod recover;
 mod topic;
 
 use std::path::PathBuf;

@@ -373,6 +373,10 @@ pub trait Catalog: Send + Sync {
     /// Every transactional id's state.
     async fn transactions(&self) -> Result<Vec<TransactionRecord>, CatalogError>;
 
+    /// Fills an empty catalog with what a recovery from the bucket found (see
+    /// [`crate::recovery`]), in one transaction: all or nothing.
+    async fn restore(&self, restore: &crate::recovery::Restore) -> Result<(), CatalogError>;
+
     /// Stores a transactional id's state and, in the same database transaction, commits
     /// `offsets` for their groups (a committed transaction's offsets take effect with it).
     async fn put_transaction(

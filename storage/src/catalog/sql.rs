@@ -795,6 +795,104 @@ impl Catalog for SqlCatalog {
         rows.iter().map(transaction_from_row).collect()
     }
 
+    async fn restore(&self, r: &crate::recovery::Restore) -> Result<(), CatalogError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE id_counters SET next_value = $1 WHERE name = 'producer_id'")
+            .bind(r.next_producer_id)
+            .execute(&mut *tx)
+            .await?;
+        for t in &r.topics {
+            sqlx::query(
+                "INSERT INTO topics (id, name, partitions, created_ms) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(t.id.to_string())
+            .bind(&t.name)
+            .bind(t.partitions)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            for (name, value) in &t.configs {
+                sqlx::query(
+                    "INSERT INTO topic_configs (topic_id, name, value) VALUES ($1, $2, $3)",
+                )
+                .bind(t.id.to_string())
+                .bind(name)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        for (tp, start, end) in &r.partitions {
+            sqlx::query(
+                "INSERT INTO partitions \
+                 (topic_id, partition_id, high_watermark, log_start_offset, owner, owner_epoch) \
+                 VALUES ($1, $2, $3, $4, NULL, 0)",
+            )
+            .bind(tp.topic.to_string())
+            .bind(tp.partition.0)
+            .bind(end.0)
+            .bind(start.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (key, size) in &r.objects {
+            sqlx::query(
+                "INSERT INTO objects (object_key, size_bytes, created_ms) VALUES ($1, $2, $3)",
+            )
+            .bind(key)
+            .bind(*size as i64)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for e in &r.extents {
+            insert_extent(&mut tx, &e.object_key, &e.meta).await?;
+        }
+        for (group, o) in &r.offsets {
+            upsert_offset(&mut tx, group, o).await?;
+        }
+        for p in &r.producers {
+            let state = serde_json::to_string(&p.entry)
+                .map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO producer_state (topic_id, partition_id, producer_id, state) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(p.tp.topic.to_string())
+            .bind(p.tp.partition.0)
+            .bind(p.producer_id)
+            .bind(state)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for t in &r.transactions {
+            let state =
+                serde_json::to_string(t).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+            sqlx::query("INSERT INTO transactions (transactional_id, state) VALUES ($1, $2)")
+                .bind(&t.transactional_id)
+                .bind(state)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (tp, a) in &r.aborted {
+            sqlx::query(
+                "INSERT INTO aborted_txns \
+                 (topic_id, partition_id, producer_id, first_offset, last_offset) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(tp.topic.to_string())
+            .bind(tp.partition.0)
+            .bind(a.producer_id)
+            .bind(a.first_offset.0)
+            .bind(a.last_offset.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn put_transaction(
         &self,
         record: &TransactionRecord,
