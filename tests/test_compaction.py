@@ -122,6 +122,7 @@ def test_compacted_topic_keeps_the_newest_record_per_key(make_broker):
     wait_until(lambda: seen(consume_confluent(bootstrap, topic, 0)) == expected, 60,
                "the cleaner to leave only the newest record per key",
                on_timeout=lambda: f"{len(consume_confluent(bootstrap, topic, 0))} records readable")
+    assert broker.metrics().value("strata_cleaned_records_total") >= 10 * 20 + 1 - 20
     assert seen(kcat_consume(bootstrap, topic, 0)) == expected
     assert seen(consume_kafka_python(bootstrap, topic, 0)) == expected
     assert watermarks(bootstrap, topic, 0)[1] == end, "offsets are kept: the log end does not move"

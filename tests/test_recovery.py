@@ -99,6 +99,7 @@ def test_catalog_rebuilt_from_the_bucket_alone(request, make_broker, flavour):
         .result(timeout=30)
     wait_until(lambda: watermarks(bootstrap, events, 0)[0] == 5, 30, "the log start to move")
     ends = {p: watermarks(bootstrap, orders, p)[1] for p in range(3)}
+    assert broker.metrics().value("strata_snapshots_total") >= 1
     broker.stop()  # SIGTERM: everything flushed, and a last snapshot written
 
     # The catalog is lost.

@@ -53,6 +53,7 @@ def test_retention_by_time(make_broker):
     wait_until(lambda: not (segment_objects(broker) & old_objects), 30, "the expired object deleted")
     assert len(segment_objects(broker)) == 1
     assert broker.metrics().value("strata_gc_objects_deleted_total") >= 1
+    assert broker.metrics().value("strata_retention_moves_total") >= 1
     assert raw_fetch(broker.bootstrap, topic, 0, 2).error_code == 1, "below the start: OFFSET_OUT_OF_RANGE"
     part = raw_fetch(broker.bootstrap, topic, 0, 5)
     assert part.error_code == 0 and part.records, "the records inside retention stay readable"

@@ -166,7 +166,7 @@ impl Engine {
             })
             .collect();
         self.swap_tail(tp, &range, &new);
-        metrics().compactions.inc();
+        metrics().cleaned_records.inc_by(removed);
         tracing::info!(
             %tp,
             records_removed = removed,

@@ -40,6 +40,12 @@ pub struct Metrics {
     pub compacted_bytes: IntCounter,
     /// Orphans deleted: objects a flush stored but never committed (a crash between the two).
     pub gc_orphans_deleted: IntCounter,
+    /// Times retention moved a partition's log start.
+    pub retention_moves: IntCounter,
+    /// Records removed by key compaction (`cleanup.policy=compact`).
+    pub cleaned_records: IntCounter,
+    /// Catalog snapshots written to the object store.
+    pub snapshots: IntCounter,
     /// Size of each flushed segment object.
     pub flush_bytes: Histogram,
     /// Time from the start of a flush to its catalog commit.
@@ -168,6 +174,21 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &registry,
             "strata_gc_orphans_deleted_total",
             "Objects deleted because no catalog commit ever recorded them (a crash between PUT and commit).",
+        ),
+        retention_moves: counter(
+            &registry,
+            "strata_retention_moves_total",
+            "Times retention.ms or retention.bytes moved a partition's log start.",
+        ),
+        cleaned_records: counter(
+            &registry,
+            "strata_cleaned_records_total",
+            "Records removed by key compaction: older records of a key, expired tombstones.",
+        ),
+        snapshots: counter(
+            &registry,
+            "strata_snapshots_total",
+            "Catalog snapshots written to the object store.",
         ),
         gc_objects_deleted: counter(
             &registry,

@@ -76,7 +76,9 @@ impl Engine {
         }
         match cut {
             Some(offset) if offset > log_start => {
-                Ok(Some(self.delete_records(tp, Some(offset)).await?))
+                let start = self.delete_records(tp, Some(offset)).await?;
+                crate::metrics::metrics().retention_moves.inc();
+                Ok(Some(start))
             }
             _ => Ok(None),
         }

@@ -172,6 +172,7 @@ impl Snapshot {
             reason: e.to_string(),
         })?;
         objects.put(&key, Bytes::from(body)).await?;
+        crate::metrics::metrics().snapshots.inc();
         let mut keys: Vec<String> = objects
             .list(PREFIX)
             .await?
