@@ -48,11 +48,12 @@ fi
 
 # --- Python packages ----------------------------------------------------------------
 # zstandard/lz4/python-snappy let kafka-python decode batches the broker compresses.
-if ! python3 -c 'import confluent_kafka, kafka, aiokafka, moto, flask, flask_cors, pytest, zstandard, lz4.frame, snappy, aioquic' \
+if ! python3 -c 'import confluent_kafka, kafka, aiokafka, moto, flask, flask_cors, pytest, zstandard, lz4.frame, snappy, aioquic, opentelemetry.proto' \
     >/dev/null 2>&1; then
   log "pip install test dependencies"
   PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
-    confluent-kafka kafka-python aiokafka 'moto[server]' pytest zstandard lz4 python-snappy aioquic
+    confluent-kafka kafka-python aiokafka 'moto[server]' pytest zstandard lz4 python-snappy aioquic \
+    opentelemetry-proto
 fi
 
 # --- Rust -------------------------------------------------------------------------------

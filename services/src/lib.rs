@@ -9,7 +9,8 @@
 //! - [`http`]: health and Prometheus metrics;
 //! - [`cli`]: the `strata` command line over the client;
 //! - [`client`]: the Rust client library of the native protocol;
-//! - [`serve`]: process wiring for `strata serve`, configured by [`config`].
+//! - [`serve`]: process wiring for `strata serve`, configured by [`config`];
+//! - [`telemetry`]: logs, and OpenTelemetry traces and metrics over OTLP when asked for.
 
 pub mod broker;
 pub mod cli;
@@ -22,4 +23,5 @@ pub mod http;
 pub mod kafka;
 pub mod quic;
 pub mod serve;
+pub mod telemetry;
 pub mod tls;

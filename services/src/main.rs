@@ -1,9 +1,6 @@
 //! `strata`: the broker and its command line.
 
-use std::io::IsTerminal;
-
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 use strata::cli::{ClientCommand, ConnectArgs};
 use strata::config::ServeArgs;
@@ -38,13 +35,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(_) | Command::Recover(_) => "info",
         Command::Client(_) => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let telemetry = strata::telemetry::Telemetry::init(default_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -57,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Recover(args) => runtime.block_on(strata::cli::recover::run(args)),
         Command::Client(command) => runtime.block_on(strata::cli::run(command, cli.connect)),
     };
+    telemetry.shutdown();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -520,6 +520,51 @@ pub fn write_record(
     section.extend_from_slice(&body);
 }
 
+/// A record header: key, and value (`None` for a null value).
+pub type RecordHeader<'a> = (&'a [u8], Option<&'a [u8]>);
+
+/// The headers of the first record of the uncompressed batch at the start of `bytes`; empty
+/// for a compressed batch or one that does not parse. Enough to find a producer's trace
+/// context without decoding the batch.
+pub fn first_record_headers(bytes: &[u8]) -> Vec<RecordHeader<'_>> {
+    fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
+        let (v, used) = read_varint(b.get(*at..)?)?;
+        *at += used;
+        Some(v)
+    }
+    fn field<'a>(b: &'a [u8], at: &mut usize) -> Option<Option<&'a [u8]>> {
+        let len = varint(b, at)?;
+        if len < 0 {
+            return Some(None);
+        }
+        let end = at.checked_add(usize::try_from(len).ok()?)?;
+        let v = b.get(*at..end)?;
+        *at = end;
+        Some(Some(v))
+    }
+    let parse = || -> Option<Vec<RecordHeader<'_>>> {
+        if bytes.len() <= HEADER_LEN || be_i16(bytes, 21) & ATTR_COMPRESSION_MASK != 0 {
+            return None;
+        }
+        let mut at = HEADER_LEN;
+        varint(bytes, &mut at)?; // record length
+        at += 1; // attributes
+        varint(bytes, &mut at)?; // timestamp delta
+        varint(bytes, &mut at)?; // offset delta
+        field(bytes, &mut at)?; // key
+        field(bytes, &mut at)?; // value
+        let count = varint(bytes, &mut at)?;
+        let mut out = Vec::new();
+        for _ in 0..count.clamp(0, 64) {
+            let key = field(bytes, &mut at)??;
+            let value = field(bytes, &mut at)?;
+            out.push((key, value));
+        }
+        Some(out)
+    };
+    parse().unwrap_or_default()
+}
+
 /// Appends `v` as a zig-zag varint, as record fields are encoded.
 fn write_varint(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
@@ -741,6 +786,32 @@ pub(crate) mod tests {
         }
         let data = Batch::parse_all(make_batch(&[b"x"], 1), 1 << 20).unwrap();
         assert_eq!(data[0].marker_commits(), None);
+        let mut section = Vec::new();
+        write_record(
+            &mut section,
+            0,
+            0,
+            None,
+            Some(b"v"),
+            &[(b"traceparent", Some(b"00-x"))],
+        );
+        let header = BatchHeader {
+            base_offset: 0,
+            attributes: 0,
+            last_offset_delta: 0,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            record_count: 1,
+        };
+        let traced = header.assemble(&section);
+        assert_eq!(
+            first_record_headers(&traced),
+            vec![(&b"traceparent"[..], Some(&b"00-x"[..]))]
+        );
+        assert!(first_record_headers(&traced[..HEADER_LEN + 3]).is_empty());
         let mut v = Vec::new();
         write_varint(&mut v, -300);
         assert_eq!(read_varint(&v), Some((-300, 2)));

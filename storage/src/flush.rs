@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::catalog::{CatalogError, Extent, FlushCommit, ProducerState};
 use crate::engine::{Engine, FlushFailure, FlushWaiter, Pending};
@@ -194,11 +195,10 @@ fn prepare(engine: &Engine) -> Option<Prepared> {
             producers,
             aborted,
         };
-        let put = tokio::spawn(put_until_stored(
-            engine.clone(),
-            key.clone(),
-            object.clone(),
-        ));
+        let span = tracing::debug_span!("flush", object = %key, bytes = object.len());
+        let put = tokio::spawn(
+            put_until_stored(engine.clone(), key.clone(), object.clone()).instrument(span),
+        );
         Segment {
             key,
             object,
@@ -342,7 +342,14 @@ async fn commit_with_retries(
 ) -> Result<(), CatalogError> {
     let mut attempt = 0;
     loop {
-        match engine.inner.catalog.commit_flushes(commits).await {
+        let span = tracing::debug_span!("catalog.commit", flushes = commits.len());
+        match engine
+            .inner
+            .catalog
+            .commit_flushes(commits)
+            .instrument(span)
+            .await
+        {
             Ok(()) => return Ok(()),
             Err(CatalogError::Db(e)) => {
                 metrics().flush_errors.inc();

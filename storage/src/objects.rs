@@ -192,6 +192,7 @@ impl ObjectStorage {
     }
 
     /// Writes a whole object atomically.
+    #[tracing::instrument(name = "object_store.put", level = "debug", skip(self, data), fields(bytes = data.len()))]
     pub async fn put(&self, key: &str, data: Bytes) -> Result<(), ObjectsError> {
         let started = Instant::now();
         self.simulate(|s| s.put).await;
@@ -204,6 +205,7 @@ impl ObjectStorage {
     }
 
     /// Reads a byte range of an object.
+    #[tracing::instrument(name = "object_store.get", level = "debug", skip(self))]
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, ObjectsError> {
         let started = Instant::now();
         self.simulate(|s| s.get).await;

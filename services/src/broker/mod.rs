@@ -19,6 +19,7 @@ use strata_storage::catalog::{Catalog, TopicMeta, tp};
 use strata_storage::fetch::ReadResult;
 use strata_storage::{Acks, Engine, Offset, TopicPartition};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 pub use error::BrokerError;
 pub use topics::{ConfigEntry, TopicConfig, TopicDefaults};
@@ -480,14 +481,20 @@ impl Broker {
         if !self.engine.wait_for_room(deadline).await {
             return Err(BrokerError::Timeout(timeout.as_millis() as u64));
         }
-        let appended = self.engine.append(tp, batches, acks)?;
+        let appended = tracing::debug_span!("storage.append", %tp)
+            .in_scope(|| self.engine.append(tp, batches, acks))?;
         let base_offset = appended.base_offset;
-        Ok((base_offset, async move {
-            match tokio::time::timeout_at(deadline, appended.durable()).await {
-                Ok(result) => result.map_err(BrokerError::from),
-                Err(_) => Err(BrokerError::Timeout(timeout.as_millis() as u64)),
+        let durable = tracing::debug_span!("storage.durable", %tp, acks = ?acks);
+        Ok((
+            base_offset,
+            async move {
+                match tokio::time::timeout_at(deadline, appended.durable()).await {
+                    Ok(result) => result.map_err(BrokerError::from),
+                    Err(_) => Err(BrokerError::Timeout(timeout.as_millis() as u64)),
+                }
             }
-        }))
+            .instrument(durable),
+        ))
     }
 
     /// A producer id for an idempotent producer: always a fresh one at epoch 0, as Kafka's
@@ -506,7 +513,12 @@ impl Broker {
         max_bytes: usize,
     ) -> Result<ReadResult, BrokerError> {
         let tp = topic.partition(partition)?;
-        Ok(self.engine.read(tp, offset, max_bytes).await?)
+        let span = tracing::debug_span!("storage.read", %tp, offset = offset.0);
+        Ok(self
+            .engine
+            .read(tp, offset, max_bytes)
+            .instrument(span)
+            .await?)
     }
 
     /// Like [`Broker::fetch`], but at the log end waits up to `wait` (capped at

@@ -28,6 +28,7 @@ use strata_storage::catalog::CommittedOffset;
 use strata_storage::txn::{AbortedTxn, TransactionRecord, TxnState};
 use strata_storage::{Offset, TopicPartition};
 use tokio::sync::OwnedMutexGuard;
+use tracing::Instrument;
 
 use super::{Broker, BrokerError, Topic, chrono_now_ms};
 use strata_storage::fetch::ReadResult;
@@ -597,9 +598,12 @@ impl Broker {
     ) -> Result<CommittedRead, BrokerError> {
         let tp = topic.partition(partition)?;
         let (last_stable, aborted) = self.engine.stable_view(tp, offset).await?;
+        let span =
+            tracing::debug_span!("storage.read", %tp, offset = offset.0, read_committed = true);
         let read = self
             .engine
             .read_below(tp, offset, max_bytes, Some(last_stable))
+            .instrument(span)
             .await?;
         Ok(CommittedRead {
             read,

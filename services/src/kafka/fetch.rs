@@ -17,6 +17,7 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId
 use strata_storage::Offset;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{ConnError, Req, errors};
 use crate::broker::{Broker, BrokerError, Topic};
@@ -232,6 +233,12 @@ async fn read_once(broker: &Broker, request: &FetchRequest) -> Pass {
 
 /// Serves a fetch, long-polling until `min_bytes` are available or `max_wait_ms` passes.
 pub async fn fetch(broker: &Broker, req: Req, request: FetchRequest) -> Result<Bytes, ConnError> {
+    let span =
+        tracing::debug_span!("kafka.fetch", peer = %req.peer, isolation = request.isolation_level);
+    serve_fetch(broker, req, request).instrument(span).await
+}
+
+async fn serve_fetch(broker: &Broker, req: Req, request: FetchRequest) -> Result<Bytes, ConnError> {
     if req.version >= 7 && request.session_id != 0 {
         // This broker never hands out fetch sessions (KIP-227), so no id can be valid.
         let body =

@@ -7,6 +7,7 @@ use kafka_protocol::messages::{
     InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
 };
 use kafka_protocol::protocol::StrBytes;
+use tracing::Instrument;
 
 use super::{ConnError, Reply, Req, errors};
 use crate::broker::{Broker, BrokerError};
@@ -27,6 +28,33 @@ pub async fn produce(
     req: Req,
     request: ProduceRequest,
 ) -> Result<Reply, ConnError> {
+    let span = tracing::debug_span!("kafka.produce", peer = %req.peer, acks = request.acks);
+    if crate::telemetry::tracing_enabled() {
+        adopt_trace_context(&span, &request);
+    }
+    begin(broker, req, request).instrument(span).await
+}
+
+/// Makes the trace context a producer put on its first record (W3C `traceparent` header),
+/// if any, the parent of the request's span.
+fn adopt_trace_context(span: &tracing::Span, request: &ProduceRequest) {
+    let first = request
+        .topic_data
+        .iter()
+        .flat_map(|t| &t.partition_data)
+        .find_map(|p| p.records.as_ref());
+    if let Some(records) = first {
+        let headers: Vec<(&str, &str)> = strata_storage::batch::first_record_headers(records)
+            .into_iter()
+            .filter_map(|(k, v)| {
+                Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v?).ok()?))
+            })
+            .collect();
+        crate::telemetry::adopt_parent(span, &headers);
+    }
+}
+
+async fn begin(broker: &Broker, req: Req, request: ProduceRequest) -> Result<Reply, ConnError> {
     let timeout = crate::broker::produce_timeout(i64::from(request.timeout_ms));
     let acks = crate::broker::acks(request.acks);
     let mut topics = Vec::with_capacity(request.topic_data.len());
@@ -54,32 +82,36 @@ pub async fn produce(
     if request.acks == 0 {
         return Ok(Reply::Ready(None));
     }
-    Ok(Reply::Task(tokio::spawn(async move {
-        let mut responses = Vec::with_capacity(topics.len());
-        for (name, topic_id, parts) in topics {
-            let waits = parts.into_iter().map(|(index, begun)| async move {
-                let result = match begun {
-                    Ok(wait) => wait.await,
-                    Err(e) => Err(e),
-                };
-                match result {
-                    Ok(offset) => PartitionProduceResponse::default()
-                        .with_index(index)
-                        .with_base_offset(offset.0)
-                        .with_log_start_offset(-1),
-                    Err(e) => partition_error(index, &e),
-                }
-            });
-            responses.push(
-                TopicProduceResponse::default()
-                    .with_name(name)
-                    .with_topic_id(topic_id)
-                    .with_partition_responses(join_all(waits).await),
-            );
+    let span = tracing::Span::current();
+    Ok(Reply::Task(tokio::spawn(
+        async move {
+            let mut responses = Vec::with_capacity(topics.len());
+            for (name, topic_id, parts) in topics {
+                let waits = parts.into_iter().map(|(index, begun)| async move {
+                    let result = match begun {
+                        Ok(wait) => wait.await,
+                        Err(e) => Err(e),
+                    };
+                    match result {
+                        Ok(offset) => PartitionProduceResponse::default()
+                            .with_index(index)
+                            .with_base_offset(offset.0)
+                            .with_log_start_offset(-1),
+                        Err(e) => partition_error(index, &e),
+                    }
+                });
+                responses.push(
+                    TopicProduceResponse::default()
+                        .with_name(name)
+                        .with_topic_id(topic_id)
+                        .with_partition_responses(join_all(waits).await),
+                );
+            }
+            let body = ProduceResponse::default().with_responses(responses);
+            req.encode(&body).map(Some)
         }
-        let body = ProduceResponse::default().with_responses(responses);
-        req.encode(&body).map(Some)
-    })))
+        .instrument(span),
+    )))
 }
 
 /// InitProducerId: a fresh producer id for an idempotent producer; for a transactional one
