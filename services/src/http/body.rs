@@ -70,7 +70,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// A JSON body of a route that takes any JSON content type. `None` when the body is empty
-/// (for routes whose body is optional).
+/// or `null` (for routes whose body is optional).
 pub async fn optional_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
@@ -87,7 +87,8 @@ pub async fn optional_json<T: DeserializeOwned>(
             "application/vnd.kafka.v2+json or application/json",
         ));
     }
-    parse_json(&bytes).map(Some)
+    // A JSON `null` is no body too.
+    parse_json::<Option<T>>(&bytes)
 }
 
 /// A JSON body of a route that takes any JSON content type; an empty body is malformed.

@@ -233,7 +233,6 @@ pub struct Subscription {
     pub topics: Vec<String>,
     /// A regular expression over topic names (instead of `topics`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 50)]
     pub topic_pattern: Option<String>,
 }
 
@@ -821,8 +820,9 @@ fn batches_end(records: &[u8]) -> Option<i64> {
         ("timeout" = Option<u64>, Query, description = "Milliseconds to wait for records (at most 30000)", maximum = 30000),
         ("max_bytes" = Option<u64>, Query, description = "Most bytes of keys and values to return")),
     responses(
-        (status = 200, body = Vec<ConsumedRecord>, content_type = "application/vnd.kafka.json.v2+json"),
-        (status = 200, body = Vec<ConsumedRecord>, content_type = "application/vnd.kafka.binary.v2+json"),
+        (status = 200, description = "Records, keys and values embedded in the instance's format", content(
+            (Vec<ConsumedRecord> = "application/vnd.kafka.json.v2+json"),
+            (Vec<ConsumedRecord> = "application/vnd.kafka.binary.v2+json"))),
         V2Errors))]
 pub async fn records(
     State(state): State<HttpState>,

@@ -4,7 +4,9 @@
 //! A record with a partition goes there; one with a key goes to Kafka's murmur2 partition of
 //! the key (so it lands where a Kafka client would put it); the unkeyed records of one request
 //! go together to one partition, chosen round-robin between requests (as Kafka's sticky
-//! partitioner does between batches). Each partition's records become RecordBatch v2 batches
+//! partitioner does between batches) among the partitions this broker owns. In a cluster a
+//! keyed record or an explicit partition owned by another broker is refused with a retriable
+//! 503 (50003) naming it: the owner takes the write. Each partition's records become RecordBatch v2 batches
 //! no larger than the topic's `max.message.bytes` and are handed to the broker core in request
 //! order, so offsets follow the order of the request. Every write waits for `acks=all`: the
 //! answer comes once the records are in the object store and the catalog.
@@ -68,9 +70,23 @@ struct Sent {
 
 /// The partition of each record (see the module docs); an explicit partition the topic does
 /// not have refuses the whole request (404 40402) before anything is written.
-fn choose_partitions(topic: &Topic, records: &[OutRecord]) -> Result<Vec<i32>, ApiError> {
+fn choose_partitions(
+    broker: &Broker,
+    topic: &Topic,
+    records: &[OutRecord],
+) -> Result<Vec<i32>, ApiError> {
     let count = topic.meta.partitions.max(1);
-    let sticky = (NEXT_PARTITION.fetch_add(1, Ordering::Relaxed) % count as u32) as i32;
+    // Unkeyed records go to a partition this broker owns when it owns any: in a cluster,
+    // only the owner takes writes, and an HTTP client cannot be sent elsewhere as a Kafka
+    // client is.
+    let owned: Vec<i32> = (0..count)
+        .filter(|p| topic.partition(*p).is_ok_and(|tp| broker.engine().owns(tp)))
+        .collect();
+    let turn = NEXT_PARTITION.fetch_add(1, Ordering::Relaxed) as usize;
+    let sticky = match owned.len() {
+        0 => (turn % count as usize) as i32,
+        n => owned[turn % n],
+    };
     records
         .iter()
         .map(|r| match (r.partition, &r.key) {
@@ -107,7 +123,7 @@ pub async fn sequence(
     topic: &Topic,
     records: Vec<OutRecord>,
 ) -> Result<impl Future<Output = Vec<Placed>> + Send + 'static, ApiError> {
-    let partitions = choose_partitions(topic, &records)?;
+    let partitions = choose_partitions(broker, topic, &records)?;
     let timestamp = chrono::Utc::now().timestamp_millis();
     let total = records.len();
     let mut by_partition: BTreeMap<i32, (Vec<usize>, Vec<Record>)> = BTreeMap::new();
