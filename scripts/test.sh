@@ -31,6 +31,8 @@ command -v initdb >/dev/null 2>&1 || add_postgres_to_path
 missing=()
 command -v kcat >/dev/null 2>&1 || command -v kafkacat >/dev/null 2>&1 || missing+=(kcat)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+# Headless Chromium loads the status page in tests/test_status_page.py.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if ! command -v initdb >/dev/null 2>&1 || ! command -v pg_ctl >/dev/null 2>&1 \
     || ! command -v psql >/dev/null 2>&1; then
   missing+=(postgresql)
@@ -47,13 +49,15 @@ if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
 fi
 
 # --- Python packages ----------------------------------------------------------------
-# zstandard/lz4/python-snappy let kafka-python decode batches the broker compresses.
-if ! python3 -c 'import confluent_kafka, kafka, aiokafka, moto, flask, flask_cors, pytest, zstandard, lz4.frame, snappy, aioquic, opentelemetry.proto' \
+# zstandard/lz4/python-snappy let kafka-python decode batches the broker compresses;
+# requests drives the REST front end and schemathesis checks it against its OpenAPI document;
+# opentelemetry-proto decodes what the broker exports to the test's OTLP receiver.
+if ! python3 -c 'import confluent_kafka, kafka, aiokafka, moto, flask, flask_cors, pytest, zstandard, lz4.frame, snappy, aioquic, requests, schemathesis, opentelemetry.proto' \
     >/dev/null 2>&1; then
   log "pip install test dependencies"
   PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
     confluent-kafka kafka-python aiokafka 'moto[server]' pytest zstandard lz4 python-snappy aioquic \
-    opentelemetry-proto
+    requests schemathesis opentelemetry-proto
 fi
 
 # --- Rust -------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 //! - [`quic`]: the native protocol front end over QUIC, with [`tls`] for its certificates;
 //! - [`consumer_protocol`]: Kafka's consumer-group encodings, shared by both front ends and
 //!   the client;
-//! - [`http`]: health and Prometheus metrics;
+//! - [`http`]: the REST front end (Confluent REST Proxy v2 and v3), health, readiness, the
+//!   status page and Prometheus metrics;
 //! - [`cli`]: the `strata` command line over the client;
 //! - [`client`]: the Rust client library of the native protocol;
 //! - [`serve`]: process wiring for `strata serve`, configured by [`config`];

@@ -213,7 +213,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         stopped.clone(),
     ));
     let cluster_task = tokio::spawn(reconcile::run(broker.clone(), stopped.clone()));
-    let http_task = tokio::spawn(crate::http::serve(http, stopped));
+    let http_task = tokio::spawn(crate::http::serve(
+        http,
+        broker.clone(),
+        args.max_request_bytes,
+        stopped,
+    ));
     tracing::info!(
         node_id,
         kafka = %args.kafka_addr,
