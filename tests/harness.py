@@ -132,10 +132,11 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
-def http_request(method: str, url: str, body: bytes | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
+def http_request(method: str, url: str, body: bytes | None = None, timeout: float = 10.0,
+                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     # An explicit content type: urllib's default (form-urlencoded) makes moto's Flask eat the body.
     req = urllib.request.Request(url, data=body, method=method,
-                                 headers={"Content-Type": "application/octet-stream"})
+                                 headers={"Content-Type": "application/octet-stream", **(headers or {})})
     try:
         with _opener.open(req, timeout=timeout) as resp:
             return resp.status, resp.read()

@@ -6,6 +6,8 @@ pointing at it exports:
 
 * a ``kafka.produce`` span whose parent is the W3C trace context the producer put in the
   record's ``traceparent`` header, with ``storage.append`` and ``storage.durable`` children;
+* an ``http.request`` span for a REST produce, parented by the request's ``traceparent``
+  header, with a ``storage.append`` child;
 * ``kafka.fetch`` spans with ``storage.read`` children;
 * the flusher's ``flush`` spans with ``object_store.put`` children;
 * the metrics of ``/metrics`` (``strata_kafka_requests_total`` among them), under the
@@ -16,13 +18,14 @@ Without the variables nothing is exported (the broker says so in neither directi
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from harness import free_port, wait_until
+from harness import free_port, http_request, wait_until
 from kafka_clients import Rec, consume_confluent, create_topic, produce_confluent, unique_topic
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -124,6 +127,22 @@ def test_produce_and_fetch_traces_and_metrics_reach_the_collector(make_broker):
         wait_until(lambda: any(collector.children_of(f, "object_store.put")
                                for f in collector.named("flush")), 30,
                    "object_store.put under a flush")
+        # Over HTTP, the traceparent request header parents the request's span.
+        rest_trace = "0af7651916cd43dd8448eb211c80319c"
+        status, _ = http_request(
+            "POST", f"{broker.http_url}/topics/{topic}",
+            json.dumps({"records": [{"value": {"via": "rest"}}]}).encode(),
+            headers={"Content-Type": "application/vnd.kafka.json.v2+json",
+                     "traceparent": f"00-{rest_trace}-b7ad6b7169203331-01"})
+        assert status == 200
+
+        def rest_span():
+            return next((s for s in collector.named("http.request")
+                         if s.trace_id.hex() == rest_trace), None)
+
+        rest = wait_until(rest_span, 30, "the http.request span, parented by the traceparent header")
+        wait_until(lambda: collector.children_of(rest, "storage.append"), 30,
+                   "storage.append under http.request")
         wait_until(lambda: "strata_kafka_requests_total" in collector.metrics, 30,
                    "the broker's metrics", on_timeout=lambda: f"metrics: {sorted(collector.metrics)}")
         assert "strata_object_store_requests_total" in collector.metrics

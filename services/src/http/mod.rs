@@ -125,8 +125,30 @@ fn router_with_state(broker: Broker, max_request_bytes: usize) -> (Router, HttpS
     let router = routes
         .route("/metrics", axum::routing::get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(traced))
         .with_state(state.clone());
     (router, state)
+}
+
+/// Runs a request in an `http.request` span (exported when tracing is on), whose parent is the
+/// W3C trace context the client sent (`traceparent`, `tracestate`), if any.
+async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    if !crate::telemetry::tracing_enabled() {
+        return next.run(request).await;
+    }
+    let span = tracing::debug_span!(
+        "http.request",
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    let headers: Vec<(&str, &str)> = request
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+        .collect();
+    crate::telemetry::adopt_parent(&span, &headers);
+    next.run(request).instrument(span).await
 }
 
 /// Drops idle consumer instances and samples throughput until `shutdown` turns true.
