@@ -230,9 +230,13 @@ impl Snapshotter {
     }
 
     /// Takes a snapshot and writes it if anything changed. Returns the key written, if any.
+    /// A catalog without topics is never written: it has nothing to recover, and a broker
+    /// started on an empty catalog over an old bucket must not push the snapshots that can
+    /// rebuild it out of the newest [`KEEP`].
     pub async fn run_once(&mut self, now_ms: i64) -> Result<Option<String>, SnapshotError> {
         let snapshot = Snapshot::take(self.catalog.as_ref(), now_ms).await?;
-        if self.last.as_ref().is_some_and(|l| l.same_state(&snapshot)) {
+        if snapshot.topics.is_empty() || self.last.as_ref().is_some_and(|l| l.same_state(&snapshot))
+        {
             return Ok(None);
         }
         if self.last.is_none()
