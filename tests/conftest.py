@@ -12,6 +12,7 @@ Fixtures:
 * ``moto_server`` (session) / ``moto`` – an S3 endpoint and a fresh bucket per test.
 * ``pg_s3_broker`` – a started broker with a PostgreSQL catalog and S3 objects.
 * ``each_broker`` – parametrized over the two broker flavours above.
+* ``store_broker`` – a factory parametrized over the object store (local directory, moto S3).
 
 On a test failure the tail of every broker log it used is attached to the report.
 A watchdog (``STRATA_TEST_TIMEOUT``, default 900 s) dumps all thread stacks and
@@ -154,6 +155,22 @@ def pg_s3_broker(make_broker, postgres, moto) -> Broker:
                          objects=moto.objects_url, env=moto.env)
     broker.s3 = moto
     return broker.start()
+
+
+@pytest.fixture(params=["file", "s3"])
+def store_broker(request, make_broker):
+    """Runs the test once per object store: ``store_broker(args=(), env=None) -> Broker``
+    starts a broker with a SQLite catalog and the local-directory store, or a fresh moto
+    bucket; ``segment_objects(broker)`` (harness) lists its segment objects either way."""
+    def make(args=(), env=None) -> Broker:
+        if request.param == "file":
+            return make_broker(args=args, env=env)
+        bucket = request.getfixturevalue("moto")
+        broker = make_broker(start=False, objects=bucket.objects_url,
+                             env={**bucket.env, **(env or {})}, args=args)
+        broker.s3 = bucket
+        return broker.start()
+    return make
 
 
 @pytest.fixture(params=["sqlite-file", "postgres-s3"])

@@ -630,6 +630,14 @@ class MotoServer:
                 self.proc.wait(10)
 
 
+def segment_objects(broker: "Broker") -> set[str]:
+    """The names of the broker's segment objects, in its local directory or its S3 bucket."""
+    if broker.s3 is not None:
+        return {key.rsplit("/", 1)[-1] for key, _ in broker.s3.list_keys()
+                if key.endswith(".seg")}
+    return {p.name for p in broker.objects_dir.rglob("*.seg")}
+
+
 def files_under(root: Path, pattern: str = "*") -> list[Path]:
     """Regular files under ``root`` matching ``pattern``, sorted by path."""
     if not root.exists():

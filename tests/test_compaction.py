@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 
-from harness import wait_until
+from harness import segment_objects, wait_until
 from kafka_clients import (
     Rec,
     consume_confluent,
@@ -36,10 +36,6 @@ COMPACTION_ARGS = (
     "--retention-interval-ms", "200",
     "--gc-grace-ms", "0",
 )
-
-
-def segment_objects(broker) -> set[str]:
-    return {p.name for p in broker.objects_dir.rglob("*.seg")}
 
 
 def produce_in_flushes(bootstrap: str, topic: str, flushes: int, per_flush: int,
@@ -63,8 +59,8 @@ def same_records(got: list[Rec], sent: list[Rec]) -> None:
     assert [(r.offset, r.key, r.value) for r in got] == [(r.offset, r.key, r.value) for r in sent]
 
 
-def test_compaction_keeps_every_record_at_its_offset(make_broker):
-    broker = make_broker(args=COMPACTION_ARGS)
+def test_compaction_keeps_every_record_at_its_offset(store_broker):
+    broker = store_broker(args=COMPACTION_ARGS)
     topic = unique_topic("compact")
     create_topic(broker.bootstrap, topic, 1, {"retention.ms": -1})
     sent = produce_in_flushes(broker.bootstrap, topic, flushes=30, per_flush=5)
@@ -85,13 +81,13 @@ def test_compaction_keeps_every_record_at_its_offset(make_broker):
     same_records(consume_confluent(broker.bootstrap, topic, 0, end=len(sent)), sent)
 
 
-def test_compacted_topic_keeps_the_newest_record_per_key(make_broker):
+def test_compacted_topic_keeps_the_newest_record_per_key(store_broker):
     """cleanup.policy=compact: after ten rounds of updates to twenty keys and two tombstones,
     the cleaner leaves each live key's newest record at the offset it was produced at; the
     key whose tombstone is older than delete.retention.ms is gone, the newer tombstone stays.
     confluent-kafka, kafka-python and kcat read the cleaned log alike, before and after a
     restart, and the log goes on at the next offset."""
-    broker = make_broker(args=COMPACTION_ARGS)
+    broker = store_broker(args=COMPACTION_ARGS)
     bootstrap = broker.bootstrap
     topic = unique_topic("keyed")
     create_topic(bootstrap, topic, 1, {"cleanup.policy": "compact", "delete.retention.ms": 60000})

@@ -17,16 +17,11 @@ from __future__ import annotations
 
 import time
 
-from harness import wait_until
+from harness import segment_objects, wait_until
 from kafka_clients import Rec, create_topic, produce_confluent, unique_topic, watermarks
 from test_admin import raw_fetch
 
 RETENTION_ARGS = ("--retention-interval-ms", "200", "--gc-grace-ms", "0")
-
-
-def segment_objects(broker) -> set[str]:
-    """The segment objects in the broker's local object store."""
-    return {p.name for p in broker.objects_dir.rglob("*.seg")}
 
 
 def produce_and_wait(bootstrap: str, topic: str, values: list[bytes], timestamp: int | None = None) -> int:
@@ -38,8 +33,8 @@ def produce_and_wait(bootstrap: str, topic: str, values: list[bytes], timestamp:
     return end
 
 
-def test_retention_by_time(make_broker):
-    broker = make_broker(args=RETENTION_ARGS)
+def test_retention_by_time(store_broker):
+    broker = store_broker(args=RETENTION_ARGS)
     topic = unique_topic("ret-time")
     create_topic(broker.bootstrap, topic, 1, {"retention.ms": 5000})
     old = int(time.time() * 1000) - 60_000
@@ -61,8 +56,8 @@ def test_retention_by_time(make_broker):
     assert watermarks(broker.bootstrap, topic, 0) == (5, 10), "the log start survives a restart"
 
 
-def test_retention_by_size_keeps_the_newest_extent(make_broker):
-    broker = make_broker(args=RETENTION_ARGS)
+def test_retention_by_size_keeps_the_newest_extent(store_broker):
+    broker = store_broker(args=RETENTION_ARGS)
     topic = unique_topic("ret-size")
     create_topic(broker.bootstrap, topic, 1, {"retention.bytes": 1, "retention.ms": -1})
     ends = [produce_and_wait(broker.bootstrap, topic, [b"x" * 1000 for _ in range(10)]) for _ in range(3)]
@@ -70,8 +65,8 @@ def test_retention_by_size_keeps_the_newest_extent(make_broker):
                "all but the newest extent to leave the log")
 
 
-def test_unbounded_retention_keeps_everything(make_broker):
-    broker = make_broker(args=RETENTION_ARGS)
+def test_unbounded_retention_keeps_everything(store_broker):
+    broker = store_broker(args=RETENTION_ARGS)
     topic = unique_topic("ret-none")
     create_topic(broker.bootstrap, topic, 1, {"retention.ms": -1})
     produce_and_wait(broker.bootstrap, topic, [b"a"] * 5, timestamp=1_000_000_000_000)
