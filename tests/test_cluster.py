@@ -1355,3 +1355,29 @@ def test_transaction_spans_partitions_of_every_broker(cluster):
                     for b in cluster.brokers if b.metrics().has("strata_kafka_requests_total",
                                                                 api="WriteTxnMarkers"))
     assert forwarded >= 2, f"markers were forwarded to the other owner {forwarded} times"
+
+
+def test_rest_produce_to_any_broker_reaches_every_owner(cluster):
+    """A REST client talks to one broker of a cluster: records for partitions another broker
+    owns are forwarded to their owner (a Kafka Produce at acks=all) and answered with their
+    offsets, so every partition gets its records, in order, whichever broker the client
+    picked."""
+    import json
+
+    partitions = 8
+    topic, own = fresh_cluster(cluster, 2, partitions=partitions, prefix="rest")
+    front = cluster.brokers[0]
+    records = [{"partition": p, "value": {"n": i, "p": p}}
+               for i in range(3) for p in range(partitions)]
+    status, body = http_request(
+        "POST", f"{front.http_url}/topics/{topic}", json.dumps({"records": records}).encode(),
+        headers={"Content-Type": "application/vnd.kafka.json.v2+json"})
+    assert status == 200, body
+    offsets = json.loads(body)["offsets"]
+    assert all(o["error_code"] is None for o in offsets), offsets
+    assert [o["partition"] for o in offsets] == [r["partition"] for r in records]
+    _, got = read_everything(cluster.bootstrap, topic, partitions)
+    for p in range(partitions):
+        values = [json.loads(v) for _, v in got[p]]
+        assert [v["n"] for v in values] == [0, 1, 2], f"partition {p}: {values}"
+    assert len(own.counts()) == 2, "some partitions belong to the other broker"

@@ -5,8 +5,9 @@
 //! the key (so it lands where a Kafka client would put it); the unkeyed records of one request
 //! go together to one partition, chosen round-robin between requests (as Kafka's sticky
 //! partitioner does between batches) among the partitions this broker owns. In a cluster a
-//! keyed record or an explicit partition owned by another broker is refused with a retriable
-//! 503 (50003) naming it: the owner takes the write. Each partition's records become RecordBatch v2 batches
+//! keyed record or an explicit partition owned by another broker is forwarded to its owner
+//! (a Kafka `Produce` at acks=all, see [`crate::cluster::peer`]); if the owner cannot take it,
+//! the answer is a retriable 503 (50003). Each partition's records become RecordBatch v2 batches
 //! no larger than the topic's `max.message.bytes` and are handed to the broker core in request
 //! order, so offsets follow the order of the request. Every write waits for `acks=all`: the
 //! answer comes once the records are in the object store and the catalog.
@@ -98,6 +99,87 @@ fn choose_partitions(
         .collect()
 }
 
+/// The Kafka address of the live broker that owns `partition`, when that is not this one.
+fn elsewhere(broker: &Broker, topic: &Topic, partition: i32) -> Option<String> {
+    let tp = topic.partition(partition).ok()?;
+    if broker.engine().owns(tp) {
+        return None;
+    }
+    let membership = broker.membership();
+    let owner = membership.leader(tp);
+    if owner == membership.me().node_id {
+        return None;
+    }
+    let m = membership.member(owner)?;
+    Some(format!("{}:{}", m.kafka.0, m.kafka.1))
+}
+
+/// Sends one partition's records to its owner at `addr` (batches in order, each after the
+/// previous one is durable, so offsets follow the request), as one [`Sent`] per batch.
+fn forward(
+    addr: &str,
+    topic: &Topic,
+    partition: i32,
+    indices: &[usize],
+    batch: &[Record],
+    limit: usize,
+) -> Vec<Sent> {
+    let ranges = chunks(batch, limit);
+    let encoded: Vec<Bytes> = ranges
+        .iter()
+        .map(|r| encode(&batch[r.clone()], false, None))
+        .collect();
+    let (addr, name) = (addr.to_string(), topic.meta.name.clone());
+    // One task sends them in order; each batch's wait takes its result from a channel.
+    let (senders, waits): (Vec<_>, Vec<_>) = encoded
+        .iter()
+        .map(|_| tokio::sync::oneshot::channel::<Result<Offset, BrokerError>>())
+        .unzip();
+    tokio::spawn(async move {
+        for (bytes, tx) in encoded.into_iter().zip(senders) {
+            let result = crate::cluster::peer::produce(
+                &addr,
+                &name,
+                partition,
+                bytes,
+                PRODUCE_TIMEOUT,
+            )
+            .await
+            .map(Offset)
+            .map_err(|e| {
+                BrokerError::NotLeader(match e {
+                    Ok(code) => format!(
+                        "{name}/{partition}: its owner at {addr} answered Kafka error {code}"
+                    ),
+                    Err(reason) => format!(
+                        "{name}/{partition}: its owner at {addr} could not be reached: {reason}"
+                    ),
+                })
+            });
+            let failed = result.is_err();
+            let _ = tx.send(result);
+            if failed {
+                break; // later batches would land out of order; their waits see the drop
+            }
+        }
+    });
+    ranges
+        .into_iter()
+        .zip(waits)
+        .map(|(range, rx)| Sent {
+            partition,
+            indices: indices[range].to_vec(),
+            durable: Ok(Box::pin(async move {
+                rx.await.unwrap_or_else(|_| {
+                    Err(BrokerError::NotLeader(
+                        "an earlier batch to the partition's owner failed".into(),
+                    ))
+                })
+            }) as Durable),
+        })
+        .collect()
+}
+
 /// Splits one partition's records into runs whose batches stay under `max_bytes`.
 fn chunks(records: &[Record], max_bytes: usize) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
@@ -140,6 +222,10 @@ pub async fn sequence(
     let limit = topic.config.max_message_bytes;
     let mut sent = Vec::new();
     for (partition, (indices, batch)) in by_partition {
+        if let Some(owner) = elsewhere(broker, topic, partition) {
+            sent.extend(forward(&owner, topic, partition, &indices, &batch, limit));
+            continue;
+        }
         for range in chunks(&batch, limit) {
             let bytes = encode(&batch[range.clone()], false, None);
             let durable = broker
