@@ -160,7 +160,7 @@ impl Engine {
             tracing::error!(error = %e, "stored extent failed its check; refusing to serve it");
             return Err(e);
         }
-        self.inner.cache.insert(extent, data.clone());
+        self.inner.cache.insert_read(extent, data.clone());
         Ok(data)
     }
 
