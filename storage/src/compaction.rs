@@ -193,14 +193,17 @@ fn pick_run(extents: &[Extent], policy: CompactionPolicy, now_ms: i64) -> Vec<Ex
     let mut bytes = 0u64;
     for e in extents {
         let small = e.meta.byte_len < policy.target_bytes / 2;
-        if !small || !settled(e) {
+        // Only a small extent's age matters: a large one (a compaction's own output, made
+        // after this pass began) ends a run but says nothing of the extents after it.
+        let young = small && !settled(e);
+        if !small || young {
             if run.len() >= MAX_RUN_EXTENTS || bytes >= policy.target_bytes {
                 return run;
             }
             run.clear();
             bytes = 0;
-            if !settled(e) {
-                break; // everything after is younger
+            if young {
+                break; // the flush extents after it are younger still
             }
             continue;
         }
@@ -274,6 +277,13 @@ mod tests {
         // Short of the target and short: left for later.
         let few: Vec<Extent> = (0..3).map(|i| extent(i, 10, old)).collect();
         assert!(pick_run(&few, policy(), now).is_empty());
+        // A large extent newer than the pass (its own output) does not stop it.
+        let mut after_a_rewrite = vec![extent(0, 80, now + 5)];
+        after_a_rewrite.extend((1..5).map(|i| extent(i, 30, old)));
+        assert_eq!(
+            bases(&pick_run(&after_a_rewrite, policy(), now)),
+            vec![1, 2, 3, 4]
+        );
         // Many tiny ones are worth merging even below the target.
         let many: Vec<Extent> = (0..300).map(|i| extent(i, 0, old)).collect();
         assert_eq!(pick_run(&many, policy(), now).len(), MAX_RUN_EXTENTS);
