@@ -5,7 +5,8 @@ bodies with ``opentelemetry-proto``). A broker started with ``OTEL_EXPORTER_OTLP
 pointing at it exports:
 
 * a ``kafka.produce`` span whose parent is the W3C trace context the producer put in the
-  record's ``traceparent`` header, with ``storage.append`` and ``storage.durable`` children;
+  record's ``traceparent`` header, with ``storage.append`` and ``storage.durable`` children,
+  the latter linked to the ``flush`` span (its own trace) whose PUT made the records durable;
 * an ``http.request`` span for a REST produce, parented by the request's ``traceparent``
   header, with a ``storage.append`` child;
 * ``kafka.fetch`` spans with ``storage.read`` children;
@@ -119,8 +120,16 @@ def test_produce_and_fetch_traces_and_metrics_reach_the_collector(make_broker):
                           on_timeout=lambda: f"spans: {sorted({s.name for s in collector.spans})}")
         wait_until(lambda: collector.children_of(span, "storage.append"), 30,
                    "storage.append under kafka.produce")
-        wait_until(lambda: collector.children_of(span, "storage.durable"), 30,
-                   "storage.durable under kafka.produce")
+        durable = wait_until(lambda: collector.children_of(span, "storage.durable"), 30,
+                             "storage.durable under kafka.produce")
+
+        def linked_to_a_flush():
+            flushes = {(f.trace_id, f.span_id) for f in collector.named("flush")}
+            return any((link.trace_id, link.span_id) in flushes
+                       for d in durable for link in d.links)
+
+        wait_until(linked_to_a_flush, 30,
+                   "storage.durable linked to the flush that made the records durable")
         wait_until(lambda: any(collector.children_of(f, "storage.read")
                                for f in collector.named("kafka.fetch")), 30,
                    "storage.read under a kafka.fetch")

@@ -114,7 +114,13 @@ pub(crate) enum FlushFailure {
 
 /// An `acks=all` append waiting for the flush that holds it, with its partition (a flush can
 /// commit some partitions and be fenced on others).
-pub(crate) type FlushWaiter = (TopicPartition, oneshot::Sender<Result<(), FlushFailure>>);
+///
+/// Success carries the flush's `flush` span, which the waiter's span then *follows from*:
+/// with tracing exported, a produce's trace links to the flush and PUT that made it durable.
+pub(crate) type FlushWaiter = (
+    TopicPartition,
+    oneshot::Sender<Result<tracing::Span, FlushFailure>>,
+);
 
 /// The batch of a recovered WAL entry, or `None` (logged) when it does not parse.
 fn readable(entry: WalEntry) -> Option<Batch> {
@@ -252,7 +258,7 @@ pub struct Appended {
 enum AppendWait {
     None,
     Wal(crate::wal::Durable),
-    Flush(oneshot::Receiver<Result<(), FlushFailure>>),
+    Flush(oneshot::Receiver<Result<tracing::Span, FlushFailure>>),
     /// A duplicate at `acks=all`: wait until the original's last offset is committed.
     Committed(watch::Receiver<Offset>, Offset),
 }
@@ -264,7 +270,9 @@ impl Appended {
             AppendWait::None => {}
             AppendWait::Wal(d) => d.wait().await?,
             AppendWait::Flush(rx) => match rx.await {
-                Ok(Ok(())) => {}
+                Ok(Ok(flush)) => {
+                    tracing::Span::current().follows_from(&flush);
+                }
                 Ok(Err(FlushFailure::Fenced(tp))) => return Err(EngineError::NotOwner(tp)),
                 Ok(Err(FlushFailure::Failed(e))) => return Err(EngineError::FlushFailed(e)),
                 Err(_) => return Err(EngineError::ShuttingDown),

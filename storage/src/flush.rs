@@ -108,6 +108,8 @@ struct Segment {
     metas: Vec<ExtentMeta>,
     /// The PUT in flight; `None` once awaited.
     put: Option<JoinHandle<()>>,
+    /// The flush's span: the PUT runs in it, and the appends it makes durable follow from it.
+    span: tracing::Span,
 }
 
 fn take(engine: &Engine) -> Option<Taken> {
@@ -197,7 +199,7 @@ fn prepare(engine: &Engine) -> Option<Prepared> {
         };
         let span = tracing::debug_span!("flush", object = %key, bytes = object.len());
         let put = tokio::spawn(
-            put_until_stored(engine.clone(), key.clone(), object.clone()).instrument(span),
+            put_until_stored(engine.clone(), key.clone(), object.clone()).instrument(span.clone()),
         );
         Segment {
             key,
@@ -205,6 +207,7 @@ fn prepare(engine: &Engine) -> Option<Prepared> {
             commit,
             metas,
             put: Some(put),
+            span,
         }
     });
     Some(Prepared {
@@ -300,11 +303,15 @@ async fn commit_group(engine: &Engine, mut group: Vec<Prepared>) {
                 if let Some(segment) = &p.segment {
                     publish_segment(engine, segment, &fenced);
                 }
+                let span = p
+                    .segment
+                    .as_ref()
+                    .map_or_else(tracing::Span::none, |s| s.span.clone());
                 for (tp, w) in p.waiters {
                     let _ = w.send(if fenced.contains(&tp) {
                         Err(FlushFailure::Fenced(tp))
                     } else {
-                        Ok(())
+                        Ok(span.clone())
                     });
                 }
                 metrics().flushes.inc();
