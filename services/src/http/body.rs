@@ -8,7 +8,8 @@ use std::collections::HashMap;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -31,6 +32,9 @@ pub fn is_json(ct: &str) -> bool {
     ct == "application/json" || (ct.starts_with("application/") && ct.ends_with("+json"))
 }
 
+/// Most bytes of an oversized chunked body read (and dropped) before the 413 goes out.
+const DRAIN_LIMIT: usize = 16 << 20;
+
 /// The whole body, refused with 413 beyond `limit` bytes (by `Content-Length` before reading
 /// anything, or while reading a chunked body).
 pub async fn read_limited(
@@ -42,22 +46,39 @@ pub async fn read_limited(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared.is_some_and(|n| n > (limit + DRAIN_LIMIT) as u64) {
         return Err(ApiError::too_large(limit));
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => Ok(bytes),
-        Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.into_inner().is::<http_body_util::LengthLimitError>();
-            if too_large {
-                Err(ApiError::too_large(limit))
-            } else {
-                Err(ApiError::bad_request("could not read the request body"))
+    // A declared size over the limit is refused too, but only once the body is read: the
+    // connection then stays usable for the client's next request (an unread body makes the
+    // server close it, and a client reusing it would see a reset instead of an answer).
+    let mut body = body;
+    let mut buf = BytesMut::new();
+    let mut over = declared.is_some_and(|n| n > limit as u64);
+    let mut drained = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ApiError::bad_request("could not read the request body"))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if over {
+            // Read on (within a bound) before answering 413: a client still sending a body
+            // we stopped storing would otherwise see its connection reset, not the answer.
+            drained += data.len();
+            if drained > DRAIN_LIMIT {
+                break;
             }
+        } else if buf.len() + data.len() > limit {
+            over = true;
+            buf.clear();
+        } else {
+            buf.extend_from_slice(&data);
         }
     }
+    if over {
+        return Err(ApiError::too_large(limit));
+    }
+    Ok(buf.freeze())
 }
 
 /// Parses `bytes` as JSON of type `T`: 400 when it is not JSON, 422 when it is JSON of
