@@ -51,6 +51,17 @@ fn log_refused(req: Req, id: &str, e: &BrokerError) {
     }
 }
 
+/// The error code answering `result` (0 for success), logged when refused.
+fn outcome(req: Req, id: &str, result: Result<(), BrokerError>) -> i16 {
+    result.map_or_else(
+        |e| {
+            log_refused(req, id, &e);
+            code(req, &e)
+        },
+        |()| 0,
+    )
+}
+
 /// AddPartitionsToTxn (v0–3): every partition must exist, or none is added (the others
 /// answer OPERATION_NOT_ATTEMPTED, as in Kafka).
 pub async fn add_partitions_to_txn(
@@ -85,10 +96,7 @@ pub async fn add_partitions_to_txn(
                 &tps,
             )
             .await
-            .map_err(|e| {
-                log_refused(req, id, &e);
-                code(req, &e)
-            })
+            .map_err(|e| outcome(req, id, Err(e)))
     };
     let mut topics: Vec<AddPartitionsToTxnTopicResult> = Vec::new();
     for t in &request.v3_and_below_topics {
@@ -130,14 +138,7 @@ pub async fn add_offsets_to_txn(
             request.group_id.as_str(),
         )
         .await;
-    let c = result.map_or_else(
-        |e| {
-            log_refused(req, id, &e);
-            code(req, &e)
-        },
-        |()| 0,
-    );
-    req.encode(&AddOffsetsToTxnResponse::default().with_error_code(c))
+    req.encode(&AddOffsetsToTxnResponse::default().with_error_code(outcome(req, id, result)))
 }
 
 /// EndTxn: commit or abort.
@@ -155,14 +156,7 @@ pub async fn end_txn(
             request.committed,
         )
         .await;
-    let c = result.map_or_else(
-        |e| {
-            log_refused(req, id, &e);
-            code(req, &e)
-        },
-        |()| 0,
-    );
-    req.encode(&EndTxnResponse::default().with_error_code(c))
+    req.encode(&EndTxnResponse::default().with_error_code(outcome(req, id, result)))
 }
 
 /// TxnOffsetCommit (to the group's coordinator): offsets held in the transaction until it

@@ -876,18 +876,7 @@ impl Catalog for SqlCatalog {
                 .await?;
         }
         for (tp, a) in &r.aborted {
-            sqlx::query(
-                "INSERT INTO aborted_txns \
-                 (topic_id, partition_id, producer_id, first_offset, last_offset) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(tp.topic.to_string())
-            .bind(tp.partition.0)
-            .bind(a.producer_id)
-            .bind(a.first_offset.0)
-            .bind(a.last_offset.0)
-            .execute(&mut *tx)
-            .await?;
+            insert_aborted(&mut tx, *tp, a).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -1170,19 +1159,29 @@ async fn apply_flush(
         .await?;
     }
     for (tp, a) in &commit.aborted {
-        sqlx::query(
-            "INSERT INTO aborted_txns \
-             (topic_id, partition_id, producer_id, first_offset, last_offset) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(tp.topic.to_string())
-        .bind(tp.partition.0)
-        .bind(a.producer_id)
-        .bind(a.first_offset.0)
-        .bind(a.last_offset.0)
-        .execute(&mut **tx)
-        .await?;
+        insert_aborted(tx, *tp, a).await?;
     }
+    Ok(())
+}
+
+/// Records an aborted transaction of `tp`.
+async fn insert_aborted(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tp: TopicPartition,
+    a: &AbortedTxn,
+) -> Result<(), CatalogError> {
+    sqlx::query(
+        "INSERT INTO aborted_txns \
+         (topic_id, partition_id, producer_id, first_offset, last_offset) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(tp.topic.to_string())
+    .bind(tp.partition.0)
+    .bind(a.producer_id)
+    .bind(a.first_offset.0)
+    .bind(a.last_offset.0)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
