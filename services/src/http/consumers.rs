@@ -41,7 +41,7 @@ use utoipa::ToSchema;
 use super::body::{json, optional_json, query_u64};
 use super::error::{ApiError, V2Errors};
 use super::v2::{BINARY_V2, Format, JSON_V2};
-use super::{HttpState, v2_json};
+use super::{HttpState, origin, v2_json};
 use crate::broker::{BrokerError, MAX_FETCH_WAIT, OffsetSpec, Topic};
 
 /// An instance with no request for this long is dropped.
@@ -318,16 +318,6 @@ fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// The URL clients reached this server by, from the `Host` header.
-fn origin(state: &HttpState, headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| state.broker.membership().me().http.clone());
-    format!("http://{host}")
-}
-
 /// Creates a consumer instance in a group.
 #[utoipa::path(post, path = "/consumers/{group}", tag = "v2 consumers",
     params(("group" = String, Path, description = "Consumer group")),
@@ -345,7 +335,7 @@ pub async fn create(
         Some("binary") => Format::Binary,
         Some(other) => {
             return Err(invalid_config(format!(
-                "format '{other}' is not supported: use json or binary"
+                "format '{other}' is unknown: consumer instances deliver json or binary records (schema formats such as avro need a schema registry, which Strata does not run)"
             )));
         }
     };
